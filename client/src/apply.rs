@@ -1,0 +1,608 @@
+//! Applying a changeset with the semantics of `sqlite3changeset_apply`, in plain SQL
+//! (a loadable extension cannot reach the host's session module).
+//!
+//! Per change, the outcome follows the session extension:
+//! - DELETE removes the row whose every column equals the old record. A row with the key
+//!   but other values is a **DATA** conflict; no row with the key is **NOTFOUND**.
+//! - UPDATE changes the row whose key and old changed values match; otherwise DATA or
+//!   NOTFOUND as for DELETE.
+//! - INSERT adds the row; an existing row with the key is a **CONFLICT**.
+//! - A change that violates another constraint (NOT NULL, UNIQUE, CHECK) is a
+//!   **CONSTRAINT** conflict. Such changes are retried after the rest of their table,
+//!   repeatedly while retries make progress, and only then reported.
+//! - Foreign keys are checked once, after everything (`defer_foreign_keys`): any
+//!   violation is a **FOREIGN_KEY** conflict.
+//!
+//! Policies: `abort` (default) rolls everything back and names the first conflicting
+//! row; `replace` forces DATA (write by key alone) and CONFLICT (replace the existing
+//! row), skips NOTFOUND, and aborts on CONSTRAINT and FOREIGN_KEY, which no write can
+//! repair; `skip` omits every conflicting change.
+//!
+//! Unlike the session extension, a table that is missing or whose columns or key do not
+//! match the changeset is an error, not a silent skip. As there, the target may have
+//! extra trailing non-key columns; inserted rows give them their defaults.
+//!
+//! What is applied is not captured as a local change: the capture triggers are muted by
+//! a row in `pdb_apply_guard` for the duration. Rows with uncommitted local changes
+//! keep them: their saved original image moves forward with what was applied, so the
+//! pending diff still shows only the local edits.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use crate::capture;
+use crate::changeset::{self, Change, Op, TableHeader};
+use crate::db::{transaction, Db, DbError, Stmt, SQLITE_CONSTRAINT};
+use crate::schema::{quote, table_info, TableInfo};
+use crate::value::{decode_field, Value, ValueRef};
+use crate::Error;
+
+/// What to do with a conflicting change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnConflict {
+    /// Roll back everything and report the first conflict.
+    Abort,
+    /// Force the change where that is meaningful (DATA, CONFLICT).
+    Replace,
+    /// Omit the conflicting change and go on.
+    Skip,
+}
+
+impl OnConflict {
+    /// Parses the SQL argument: `abort`, `replace` or `skip`.
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        match s.to_ascii_lowercase().as_str() {
+            "abort" => Ok(OnConflict::Abort),
+            "replace" => Ok(OnConflict::Replace),
+            "skip" => Ok(OnConflict::Skip),
+            _ => Err(Error::Argument(format!(
+                "on_conflict must be 'abort', 'replace' or 'skip', not '{s}'"
+            ))),
+        }
+    }
+}
+
+/// Counts of what an apply did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Changes applied as written.
+    pub applied: u64,
+    /// Conflicting changes forced by `replace`.
+    pub replaced: u64,
+    /// Conflicting changes omitted.
+    pub skipped: u64,
+}
+
+/// The kinds of conflict of `sqlite3changeset_apply`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictKind {
+    /// The row exists with other values than the change expects.
+    Data,
+    /// The row the change expects does not exist.
+    NotFound,
+    /// An INSERT meets an existing row with its key.
+    Conflict,
+    /// Another constraint fails.
+    Constraint,
+    /// A foreign key is violated once everything is applied.
+    ForeignKey,
+}
+
+impl ConflictKind {
+    fn name(self) -> &'static str {
+        match self {
+            ConflictKind::Data => "DATA",
+            ConflictKind::NotFound => "NOTFOUND",
+            ConflictKind::Conflict => "CONFLICT",
+            ConflictKind::Constraint => "CONSTRAINT",
+            ConflictKind::ForeignKey => "FOREIGN_KEY",
+        }
+    }
+
+    fn explain(self) -> &'static str {
+        match self {
+            ConflictKind::Data => "the row's current values differ from the changeset's old values",
+            ConflictKind::NotFound => "the row does not exist",
+            ConflictKind::Conflict => "a row with this primary key already exists",
+            ConflictKind::Constraint => "the change violates a constraint",
+            ConflictKind::ForeignKey => "a foreign key is violated",
+        }
+    }
+}
+
+/// Applies `changeset` to `db` under `policy`, atomically: on error nothing changes.
+pub fn apply<D: Db>(db: &D, changeset: &[u8], policy: OnConflict) -> Result<ApplyStats, Error> {
+    // Read everything before writing anything, so a malformed tail changes nothing.
+    let groups = changeset::parse(changeset)?;
+    let has_schema = capture::has_schema(db)?;
+    let shadows: HashMap<String, i64> = if has_schema {
+        tracked_ids(db)?
+    } else {
+        HashMap::new()
+    };
+    let defer_fk = matches!(
+        db.query_value("PRAGMA defer_foreign_keys", &[])?,
+        Some(Value::Integer(1))
+    );
+    let fk_on = matches!(
+        db.query_value("PRAGMA foreign_keys", &[])?,
+        Some(Value::Integer(1))
+    );
+
+    let result = transaction(db, "pdb_apply", || {
+        if has_schema {
+            db.execute_batch("INSERT OR REPLACE INTO pdb_apply_guard(active) VALUES (1)")?;
+        }
+        db.execute_batch("PRAGMA defer_foreign_keys = ON")?;
+        let mut stats = ApplyStats::default();
+        let mut infos: HashMap<&str, TableInfo> = HashMap::new();
+        for (header, changes) in &groups {
+            if !infos.contains_key(header.name) {
+                infos.insert(header.name, target(db, header)?);
+            }
+            let info = &infos[header.name];
+            let mut table = TableApply::new(db, info, header, shadows.get(&info.name).copied())?;
+            table.run(changes, policy, &mut stats)?;
+        }
+        if fk_on {
+            check_foreign_keys(db, policy, &mut stats)?;
+        }
+        if has_schema {
+            db.execute_batch("DELETE FROM pdb_apply_guard")?;
+        }
+        restore_defer(db, defer_fk)?;
+        Ok(stats)
+    });
+    if result.is_err() {
+        // The rollback already undid the pragma in autocommit mode; inside the
+        // application's transaction it must be put back by hand. The apply error wins.
+        let _ = restore_defer(db, defer_fk);
+    }
+    result
+}
+
+fn restore_defer<D: Db>(db: &D, was_on: bool) -> Result<(), DbError> {
+    db.execute_batch(if was_on {
+        "PRAGMA defer_foreign_keys = ON"
+    } else {
+        "PRAGMA defer_foreign_keys = OFF"
+    })
+}
+
+fn tracked_ids<D: Db>(db: &D) -> Result<HashMap<String, i64>, Error> {
+    let mut out = HashMap::new();
+    let mut stmt = db.prepare("SELECT name, id FROM pdb_tracked")?;
+    stmt.query(&mut |r| {
+        if let (ValueRef::Text(n), ValueRef::Integer(id)) = (r[0], r[1]) {
+            out.insert(String::from_utf8_lossy(n).into_owned(), id);
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The table a header names, checked to fit it.
+fn target<D: Db>(db: &D, header: &TableHeader<'_>) -> Result<TableInfo, Error> {
+    let info = table_info(db, header.name).map_err(|e| match e {
+        Error::Table(msg) => {
+            Error::Schema(format!("changeset names table \"{}\": {msg}", header.name))
+        }
+        e => e,
+    })?;
+    let n = header.n_col();
+    let fits = info.columns.len() >= n
+        && info.columns.iter().enumerate().all(|(i, c)| {
+            let want = header.pk.get(i).copied().unwrap_or(0) != 0;
+            (c.pk != 0) == want
+        });
+    if !fits {
+        let flags = |f: &mut dyn Iterator<Item = u8>| {
+            f.map(|b| b.to_string()).collect::<Vec<_>>().join(" ")
+        };
+        return Err(Error::Schema(format!(
+            "table \"{}\" does not match the changeset: the changeset has {n} columns with key flags [{}], \
+             the table has {} columns with key flags [{}]",
+            info.name,
+            flags(&mut header.pk.iter().copied()),
+            info.columns.len(),
+            flags(&mut info.columns.iter().map(|c| c.pk)),
+        )));
+    }
+    Ok(info)
+}
+
+/// Prepared statements and state for applying one table group.
+struct TableApply<'d, 'i, D: Db + 'd> {
+    db: &'d D,
+    info: &'i TableInfo,
+    n: usize,
+    pk: Vec<usize>,
+    /// Shadow table id when the table is tracked and has uncommitted changes.
+    shadow: Option<i64>,
+    stmts: HashMap<String, D::Stmt<'d>>,
+}
+
+impl<'d, 'i, D: Db + 'd> TableApply<'d, 'i, D> {
+    fn new(
+        db: &'d D,
+        info: &'i TableInfo,
+        header: &TableHeader<'_>,
+        shadow: Option<i64>,
+    ) -> Result<Self, Error> {
+        let n = header.n_col();
+        let pk = (0..n).filter(|&i| header.pk[i] != 0).collect();
+        // An empty shadow means no local edits to carry forward: skip that work.
+        let shadow = match shadow {
+            Some(id) => db
+                .query_value(&format!("SELECT 1 FROM main.pdb_shadow_{id} LIMIT 1"), &[])?
+                .map(|_| id),
+            None => None,
+        };
+        Ok(TableApply {
+            db,
+            info,
+            n,
+            pk,
+            shadow,
+            stmts: HashMap::new(),
+        })
+    }
+
+    fn col(&self, i: usize) -> String {
+        quote(&self.info.columns[i].name)
+    }
+
+    /// Runs `sql` (prepared once per apply) with `params` bound as `?1..`.
+    fn exec(&mut self, sql: String, params: &[ValueRef<'_>]) -> Result<usize, DbError> {
+        if !self.stmts.contains_key(&sql) {
+            let stmt = self.db.prepare(&sql)?;
+            self.stmts.insert(sql.clone(), stmt);
+        }
+        let stmt = self.stmts.get_mut(&sql).expect("inserted above");
+        stmt.bind_all(params)?;
+        stmt.execute()
+    }
+
+    fn exists(&mut self, key: &[ValueRef<'_>]) -> Result<bool, Error> {
+        let sql = format!(
+            "SELECT 1 FROM main.{} WHERE {}",
+            quote(&self.info.name),
+            self.key_where(1)
+        );
+        if !self.stmts.contains_key(&sql) {
+            let stmt = self.db.prepare(&sql)?;
+            self.stmts.insert(sql.clone(), stmt);
+        }
+        let stmt = self.stmts.get_mut(&sql).expect("inserted above");
+        stmt.bind_all(key)?;
+        let mut found = false;
+        stmt.query(&mut |_| {
+            found = true;
+            Ok(())
+        })?;
+        Ok(found)
+    }
+
+    /// `pk1 = ?k AND pk2 = ?k+1 ...`
+    fn key_where(&self, first: usize) -> String {
+        self.pk
+            .iter()
+            .enumerate()
+            .map(|(j, &i)| format!("{} = ?{}", self.col(i), first + j))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+
+    fn run(
+        &mut self,
+        changes: &[Change<'_>],
+        policy: OnConflict,
+        stats: &mut ApplyStats,
+    ) -> Result<(), Error> {
+        let mut deferred: Vec<&Change<'_>> = Vec::new();
+        for change in changes {
+            if self.one(change, policy, stats)? == Outcome::ConstraintFailed {
+                deferred.push(change);
+            }
+        }
+        // Constraint failures may clear once other rows of the table are in place.
+        while !deferred.is_empty() {
+            let before = deferred.len();
+            let mut still = Vec::new();
+            for change in deferred {
+                if self.one(change, policy, stats)? == Outcome::ConstraintFailed {
+                    still.push(change);
+                }
+            }
+            deferred = still;
+            if deferred.len() == before {
+                for change in &deferred {
+                    self.conflict(ConflictKind::Constraint, change, policy)?;
+                    stats.skipped += 1;
+                }
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn one(
+        &mut self,
+        c: &Change<'_>,
+        policy: OnConflict,
+        stats: &mut ApplyStats,
+    ) -> Result<Outcome, Error> {
+        let key: Vec<ValueRef<'_>> = self.pk.iter().map(|&i| field(c.key_record()[i])).collect();
+        let result = match c.op {
+            Op::Delete => self.delete(c, &key, policy),
+            Op::Update => self.update(c, &key, policy),
+            Op::Insert => self.insert(c, &key, policy),
+        };
+        let outcome = match result {
+            Ok(o) => o,
+            Err(Error::Db(e)) if e.primary() == SQLITE_CONSTRAINT => Outcome::ConstraintFailed,
+            Err(e) => return Err(e),
+        };
+        match outcome {
+            Outcome::Applied => stats.applied += 1,
+            Outcome::Replaced => stats.replaced += 1,
+            Outcome::Skipped => stats.skipped += 1,
+            Outcome::ConstraintFailed => return Ok(outcome),
+        }
+        if outcome != Outcome::Skipped {
+            self.carry_forward(c, &key)?;
+        }
+        Ok(outcome)
+    }
+
+    fn delete(
+        &mut self,
+        c: &Change<'_>,
+        key: &[ValueRef<'_>],
+        policy: OnConflict,
+    ) -> Result<Outcome, Error> {
+        let conds: Vec<String> = (0..self.n)
+            .map(|i| {
+                let op = if self.pk.contains(&i) { "=" } else { "IS" };
+                format!("{} {op} ?{}", self.col(i), i + 1)
+            })
+            .collect();
+        let sql = format!(
+            "DELETE FROM main.{} WHERE {}",
+            quote(&self.info.name),
+            conds.join(" AND ")
+        );
+        let old: Vec<ValueRef<'_>> = c.old.iter().map(|f| field(f)).collect();
+        if self.exec(sql, &old)? > 0 {
+            return Ok(Outcome::Applied);
+        }
+        if !self.exists(key)? {
+            return self
+                .conflict(ConflictKind::NotFound, c, policy)
+                .map(|_| Outcome::Skipped);
+        }
+        if self.conflict(ConflictKind::Data, c, policy)? {
+            let sql = format!(
+                "DELETE FROM main.{} WHERE {}",
+                quote(&self.info.name),
+                self.key_where(1)
+            );
+            self.exec(sql, key)?;
+            return Ok(Outcome::Replaced);
+        }
+        Ok(Outcome::Skipped)
+    }
+
+    fn update(
+        &mut self,
+        c: &Change<'_>,
+        key: &[ValueRef<'_>],
+        policy: OnConflict,
+    ) -> Result<Outcome, Error> {
+        let set_cols: Vec<usize> = (0..self.n).filter(|&i| defined(c.new[i])).collect();
+        let check_cols: Vec<usize> = (0..self.n)
+            .filter(|&i| !self.pk.contains(&i) && defined(c.old[i]))
+            .collect();
+        let mut params: Vec<ValueRef<'_>> = key.to_vec();
+        params.extend(set_cols.iter().map(|&i| field(c.new[i])));
+        let k = key.len();
+        let set: Vec<String> = set_cols
+            .iter()
+            .enumerate()
+            .map(|(j, &i)| format!("{} = ?{}", self.col(i), k + j + 1))
+            .collect();
+        let table = quote(&self.info.name);
+        let forced = format!(
+            "UPDATE main.{table} SET {} WHERE {}",
+            set.join(", "),
+            self.key_where(1)
+        );
+        let mut checked = forced.clone();
+        for (j, &i) in check_cols.iter().enumerate() {
+            let _ = write!(
+                checked,
+                " AND {} IS ?{}",
+                self.col(i),
+                k + set_cols.len() + j + 1
+            );
+        }
+        let mut checked_params = params.clone();
+        checked_params.extend(check_cols.iter().map(|&i| field(c.old[i])));
+        if self.exec(checked, &checked_params)? > 0 {
+            return Ok(Outcome::Applied);
+        }
+        if !self.exists(key)? {
+            return self
+                .conflict(ConflictKind::NotFound, c, policy)
+                .map(|_| Outcome::Skipped);
+        }
+        if self.conflict(ConflictKind::Data, c, policy)? {
+            self.exec(forced, &params)?;
+            return Ok(Outcome::Replaced);
+        }
+        Ok(Outcome::Skipped)
+    }
+
+    fn insert(
+        &mut self,
+        c: &Change<'_>,
+        key: &[ValueRef<'_>],
+        policy: OnConflict,
+    ) -> Result<Outcome, Error> {
+        let cols: Vec<String> = (0..self.n).map(|i| self.col(i)).collect();
+        let params: Vec<String> = (1..=self.n).map(|i| format!("?{i}")).collect();
+        let sql = format!(
+            "INSERT INTO main.{}({}) VALUES ({})",
+            quote(&self.info.name),
+            cols.join(", "),
+            params.join(", ")
+        );
+        let new: Vec<ValueRef<'_>> = c.new.iter().map(|f| field(f)).collect();
+        match self.exec(sql.clone(), &new) {
+            Ok(_) => Ok(Outcome::Applied),
+            Err(e) if e.primary() == SQLITE_CONSTRAINT => {
+                if !self.exists(key)? {
+                    return Ok(Outcome::ConstraintFailed);
+                }
+                if self.conflict(ConflictKind::Conflict, c, policy)? {
+                    let del = format!(
+                        "DELETE FROM main.{} WHERE {}",
+                        quote(&self.info.name),
+                        self.key_where(1)
+                    );
+                    self.exec(del, key)?;
+                    self.exec(sql, &new)?;
+                    return Ok(Outcome::Replaced);
+                }
+                Ok(Outcome::Skipped)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Decides a conflict: `Ok(true)` to force the change, `Ok(false)` to omit it, or
+    /// the error that aborts the apply.
+    fn conflict(
+        &self,
+        kind: ConflictKind,
+        c: &Change<'_>,
+        policy: OnConflict,
+    ) -> Result<bool, Error> {
+        let forceable = matches!(kind, ConflictKind::Data | ConflictKind::Conflict);
+        match policy {
+            OnConflict::Skip => Ok(false),
+            OnConflict::Replace if forceable => Ok(true),
+            OnConflict::Replace if kind == ConflictKind::NotFound => Ok(false),
+            _ => {
+                let key: Vec<&[u8]> = self.pk.iter().map(|&i| c.key_record()[i]).collect();
+                let mut pk = String::from("[");
+                for (j, f) in key.iter().enumerate() {
+                    if j > 0 {
+                        pk.push(',');
+                    }
+                    changeset::value_json(&mut pk, field(f));
+                }
+                pk.push(']');
+                Err(Error::Conflict(format!(
+                    "{} conflict on table \"{}\", primary key {pk}: {} ({} of the changeset); nothing was applied",
+                    kind.name(),
+                    self.info.name,
+                    kind.explain(),
+                    c.op.name(),
+                )))
+            }
+        }
+    }
+
+    /// Moves the saved original image of a row with local edits forward by the applied
+    /// change, so the pending diff keeps showing only the local edits.
+    fn carry_forward(&mut self, c: &Change<'_>, key: &[ValueRef<'_>]) -> Result<(), Error> {
+        let Some(id) = self.shadow else { return Ok(()) };
+        let k = key.len();
+        let key_where = self
+            .pk
+            .iter()
+            .enumerate()
+            .map(|(j, &i)| format!("c{} = ?{}", i + 1, j + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let (cols, rec): (Vec<usize>, &[&[u8]]) = match c.op {
+            Op::Insert => ((0..self.n).collect(), &c.new),
+            Op::Delete => (Vec::new(), &c.old),
+            Op::Update => ((0..self.n).filter(|&i| defined(c.new[i])).collect(), &c.new),
+        };
+        let mut set: Vec<String> = match c.op {
+            Op::Insert => vec!["existed = 1".into()],
+            Op::Delete => vec!["existed = 0".into()],
+            Op::Update => Vec::new(),
+        };
+        set.extend(
+            cols.iter()
+                .enumerate()
+                .map(|(j, &i)| format!("c{} = ?{}", i + 1, k + j + 1)),
+        );
+        // A row saved as "did not exist" has no image for an UPDATE to move forward.
+        let guard = if c.op == Op::Update {
+            " AND existed = 1"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "UPDATE main.pdb_shadow_{id} SET {} WHERE {key_where}{guard}",
+            set.join(", ")
+        );
+        let mut params = key.to_vec();
+        params.extend(cols.iter().map(|&i| field(rec[i])));
+        self.exec(sql, &params)?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Applied,
+    Replaced,
+    Skipped,
+    ConstraintFailed,
+}
+
+fn defined(f: &[u8]) -> bool {
+    f[0] != crate::value::UNDEFINED
+}
+
+/// A defined field's value (the parser guarantees it decodes).
+fn field<'a>(f: &'a [u8]) -> ValueRef<'a> {
+    decode_field(f).unwrap_or(ValueRef::Null)
+}
+
+fn check_foreign_keys<D: Db>(
+    db: &D,
+    policy: OnConflict,
+    stats: &mut ApplyStats,
+) -> Result<(), Error> {
+    let mut violation = None;
+    let mut stmt = db.prepare("PRAGMA main.foreign_key_check")?;
+    stmt.query(&mut |r| {
+        if violation.is_none() {
+            let text = |v: &ValueRef<'_>| match v {
+                ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                ValueRef::Integer(i) => i.to_string(),
+                _ => "NULL".into(),
+            };
+            violation = Some((text(&r[0]), text(&r[1]), text(&r[2])));
+        }
+        Ok(())
+    })?;
+    drop(stmt);
+    match violation {
+        None => Ok(()),
+        Some(_) if policy == OnConflict::Skip => {
+            stats.skipped += 1;
+            Ok(())
+        }
+        Some((table, rowid, parent)) => Err(Error::Conflict(format!(
+            "FOREIGN_KEY conflict: row {rowid} of table \"{table}\" refers to a missing row of \"{parent}\"; \
+             nothing was applied"
+        ))),
+    }
+}

@@ -1,0 +1,477 @@
+//! Change capture: shadow tables filled by plain-SQL triggers, diffed at commit time.
+//!
+//! For a tracked table with id `N`, `pdb_shadow_N` holds, for every row touched since
+//! the last local commit, the row's **original image**: its values at the last commit
+//! (`existed = 1`), or a marker that the row did not exist then (`existed = 0`, values
+//! NULL). Triggers write it with `INSERT OR IGNORE`, so the first touch wins and later
+//! writes to the same row cost one failed lookup. Because the triggers are ordinary SQL
+//! stored in the database, capture works for connections that never loaded the
+//! extension, and it commits or rolls back with the application's own transaction.
+//!
+//! The pending changeset is the diff of each shadow row against the live row, which
+//! gives the session extension's consolidation rules for free: INSERT then UPDATE is an
+//! INSERT of the final values, INSERT then DELETE is nothing, DELETE then INSERT is an
+//! UPDATE (or nothing), and an UPDATE back to the original values is nothing.
+//!
+//! Triggers per table (all skip while `pdb_apply_guard` holds a row):
+//! - `pdb_N_bi` BEFORE INSERT and `pdb_N_bu` BEFORE UPDATE OF key or unique columns:
+//!   save the rows the write may replace (`OR REPLACE` deletes them without firing
+//!   delete triggers unless `recursive_triggers` is on). Saving a row that is not in
+//!   fact replaced is harmless: its diff is empty.
+//! - `pdb_N_ai` AFTER INSERT: marker for the new key.
+//! - `pdb_N_au` AFTER UPDATE: the old image; `pdb_N_ak` AFTER UPDATE OF key columns: a
+//!   marker for the new key when the key changed (the session extension's DELETE+INSERT).
+//! - `pdb_N_ad` AFTER DELETE: the old image.
+
+use crate::changeset::{Op, Writer};
+use crate::db::{transaction, Db, Stmt};
+use crate::schema::{quote, table_info, TableInfo};
+use crate::value::{Value, ValueRef};
+use crate::{Error, CLIENT_SQL};
+
+/// A tracked table: its id and live description.
+#[derive(Debug, Clone)]
+pub struct Tracked {
+    /// Suffix of the shadow table and trigger names.
+    pub id: i64,
+    /// The table as it is now.
+    pub info: TableInfo,
+}
+
+/// Whether this database has the PersonalDB tables.
+pub fn has_schema<D: Db>(db: &D) -> Result<bool, Error> {
+    Ok(db
+        .query_value(
+            "SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = 'pdb_tracked'",
+            &[],
+        )?
+        .is_some())
+}
+
+/// Creates the PersonalDB tables if they are missing.
+pub fn ensure_schema<D: Db>(db: &D) -> Result<(), Error> {
+    if !has_schema(db)? {
+        db.execute_batch(CLIENT_SQL)?;
+    }
+    Ok(())
+}
+
+fn shadow(id: i64) -> String {
+    format!("main.pdb_shadow_{id}")
+}
+
+/// Starts capturing `name` (or picks up columns added since it was tracked). Rows
+/// already in the table become pending inserts. Returns the name as stored.
+pub fn track<D: Db>(db: &D, name: &str) -> Result<String, Error> {
+    transaction(db, "pdb_track", || {
+        ensure_schema(db)?;
+        let info = table_info(db, name)?;
+        let mut existing = None;
+        {
+            let mut stmt = db.prepare("SELECT id, columns FROM pdb_tracked WHERE name = ?1")?;
+            stmt.bind(1, ValueRef::Text(info.name.as_bytes()))?;
+            stmt.query(&mut |row| {
+                if let (ValueRef::Integer(id), ValueRef::Text(cols)) = (row[0], row[1]) {
+                    existing = Some((id, String::from_utf8_lossy(cols).into_owned()));
+                }
+                Ok(())
+            })?;
+        }
+        let id = match existing {
+            Some((id, shape)) if shape == info.shape_json() => id,
+            Some((id, shape)) => {
+                retrack(db, id, &info, &shape)?;
+                id
+            }
+            None => {
+                let id = match db
+                    .query_value("SELECT coalesce(max(id), 0) + 1 FROM pdb_tracked", &[])?
+                {
+                    Some(Value::Integer(i)) => i,
+                    _ => 1,
+                };
+                db.execute_batch(&shadow_ddl(&info, id))?;
+                db.execute_batch(&format!(
+                    "INSERT OR IGNORE INTO {shadow}({keys}, existed) SELECT {cols}, 0 FROM main.{t}",
+                    shadow = shadow(id),
+                    keys = shadow_cols(&info.pk_columns()),
+                    cols = table_cols(&info, &info.pk_columns(), ""),
+                    t = quote(&info.name),
+                ))?;
+                id
+            }
+        };
+        db.execute(
+            "INSERT OR REPLACE INTO pdb_tracked(name, id, columns, tracked_at) VALUES (?1, ?2, ?3, ?4)",
+            &[
+                ValueRef::Text(info.name.as_bytes()),
+                ValueRef::Integer(id),
+                ValueRef::Text(info.shape_json().as_bytes()),
+                ValueRef::Integer(now_ms()),
+            ],
+        )?;
+        db.execute_batch(&drop_triggers(id))?;
+        db.execute_batch(&trigger_ddl(&info, id))?;
+        Ok(info.name.clone())
+    })
+}
+
+/// Re-tracks a table whose columns changed. Appended columns (ALTER TABLE ADD COLUMN)
+/// keep pending changes: saved images get the column's default, which is the value
+/// every existing row took. Any other change is only allowed with nothing pending.
+fn retrack<D: Db>(db: &D, id: i64, info: &TableInfo, old_shape: &str) -> Result<(), Error> {
+    let old = crate::schema::shape_from_json(&info.name, old_shape)
+        .ok_or_else(|| Error::Table(format!("pdb_tracked row of \"{}\" is corrupt", info.name)))?;
+    let appended = old.len() < info.columns.len()
+        && old.iter().zip(&info.columns).all(|(a, b)| {
+            a.name == b.name && a.decl_type == b.decl_type && a.pk == b.pk && a.notnull == b.notnull
+        });
+    if appended {
+        for (i, col) in info.columns.iter().enumerate().skip(old.len()) {
+            let default = col
+                .default
+                .as_deref()
+                .map(|d| format!(" DEFAULT {d}"))
+                .unwrap_or_default();
+            db.execute_batch(&format!(
+                "ALTER TABLE {} ADD COLUMN c{}{default}",
+                shadow(id),
+                i + 1
+            ))?;
+        }
+        return Ok(());
+    }
+    let pending = db.query_value(&format!("SELECT 1 FROM {} LIMIT 1", shadow(id)), &[])?;
+    if pending.is_some() {
+        return Err(Error::Table(format!(
+            "table \"{}\" changed shape (columns dropped, renamed or retyped) while it has \
+             uncommitted changes; pdb_untrack() discards them, or restore the old shape and pdb_commit() first",
+            info.name
+        )));
+    }
+    db.execute_batch(&format!(
+        "DROP TABLE {}; {}",
+        shadow(id),
+        shadow_ddl(info, id)
+    ))?;
+    Ok(())
+}
+
+/// Stops capturing `name` and discards its uncommitted changes.
+pub fn untrack<D: Db>(db: &D, name: &str) -> Result<(), Error> {
+    if !has_schema(db)? {
+        return Err(Error::Table(format!("table \"{name}\" is not tracked")));
+    }
+    transaction(db, "pdb_untrack", || {
+        let row = {
+            let mut stmt =
+                db.prepare("SELECT id, name FROM pdb_tracked WHERE name = ?1 COLLATE NOCASE")?;
+            stmt.bind(1, ValueRef::Text(name.as_bytes()))?;
+            let mut row = None;
+            stmt.query(&mut |r| {
+                if let (ValueRef::Integer(id), ValueRef::Text(n)) = (r[0], r[1]) {
+                    row = Some((id, String::from_utf8_lossy(n).into_owned()));
+                }
+                Ok(())
+            })?;
+            row
+        };
+        let Some((id, stored)) = row else {
+            return Err(Error::Table(format!("table \"{name}\" is not tracked")));
+        };
+        db.execute_batch(&drop_triggers(id))?;
+        db.execute_batch(&format!("DROP TABLE IF EXISTS {}", shadow(id)))?;
+        db.execute(
+            "DELETE FROM pdb_tracked WHERE name = ?1",
+            &[ValueRef::Text(stored.as_bytes())],
+        )?;
+        Ok(())
+    })
+}
+
+/// The tracked tables in name order, checked against their shape at `pdb_track` time.
+pub fn tracked<D: Db>(db: &D) -> Result<Vec<Tracked>, Error> {
+    if !has_schema(db)? {
+        return Ok(Vec::new());
+    }
+    let mut rows = Vec::new();
+    {
+        let mut stmt = db.prepare("SELECT name, id, columns FROM pdb_tracked ORDER BY name")?;
+        stmt.query(&mut |r| {
+            if let (ValueRef::Text(n), ValueRef::Integer(id), ValueRef::Text(c)) =
+                (r[0], r[1], r[2])
+            {
+                rows.push((
+                    String::from_utf8_lossy(n).into_owned(),
+                    id,
+                    String::from_utf8_lossy(c).into_owned(),
+                ));
+            }
+            Ok(())
+        })?;
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for (name, id, shape) in rows {
+        let info = match table_info(db, &name) {
+            Ok(info) if info.name == name => info,
+            _ => {
+                return Err(Error::Table(format!(
+                    "tracked table \"{name}\" no longer exists (dropped or renamed); \
+                     select pdb_untrack('{}') to stop tracking it",
+                    name.replace('\'', "''")
+                )))
+            }
+        };
+        if info.shape_json() != shape {
+            return Err(Error::Table(format!(
+                "table \"{name}\" changed shape since pdb_track (ALTER TABLE?); \
+                 select pdb_track('{}') to capture its current columns",
+                name.replace('\'', "''")
+            )));
+        }
+        out.push(Tracked { id, info });
+    }
+    Ok(out)
+}
+
+/// The canonical changeset of everything not yet committed, or empty if nothing changed.
+pub fn pending<D: Db>(db: &D, tables: &[Tracked]) -> Result<Vec<u8>, Error> {
+    let mut out = Writer::new();
+    for t in tables {
+        diff_table(db, t, &mut out)?;
+    }
+    Ok(out.finish())
+}
+
+/// Forgets the captured original images (after they went into a commit).
+pub fn clear<D: Db>(db: &D, tables: &[Tracked]) -> Result<(), Error> {
+    for t in tables {
+        db.execute_batch(&format!("DELETE FROM {}", shadow(t.id)))?;
+    }
+    Ok(())
+}
+
+/// Value equality as the session extension decides "changed": same storage class and
+/// equal value (REAL compared as doubles, TEXT and BLOB byte-wise).
+fn same(a: ValueRef<'_>, b: ValueRef<'_>) -> bool {
+    match (a, b) {
+        (ValueRef::Null, ValueRef::Null) => true,
+        (ValueRef::Integer(x), ValueRef::Integer(y)) => x == y,
+        (ValueRef::Real(x), ValueRef::Real(y)) => x == y,
+        (ValueRef::Text(x), ValueRef::Text(y)) | (ValueRef::Blob(x), ValueRef::Blob(y)) => x == y,
+        _ => false,
+    }
+}
+
+fn diff_table<D: Db>(db: &D, t: &Tracked, out: &mut Writer) -> Result<(), Error> {
+    let info = &t.info;
+    let n = info.columns.len();
+    let pk = info.pk_flags();
+    let pk_cols = info.pk_columns();
+    let all: Vec<usize> = (0..n).collect();
+    let on: Vec<String> = pk_cols
+        .iter()
+        .map(|&i| format!("t.{} = s.c{}", quote(&info.columns[i].name), i + 1))
+        .collect();
+    let sql = format!(
+        "SELECT s.existed, {orig}, {cur}, t.{first_pk} IS NOT NULL FROM {shadow} AS s \
+         LEFT JOIN main.{table} AS t ON {on}",
+        orig = all
+            .iter()
+            .map(|i| format!("s.c{}", i + 1))
+            .collect::<Vec<_>>()
+            .join(", "),
+        cur = table_cols(info, &all, "t."),
+        first_pk = quote(&info.columns[pk_cols[0]].name),
+        shadow = shadow(t.id),
+        table = quote(&info.name),
+        on = on.join(" AND "),
+    );
+    // (sort key, encoded change) per row; sorted below into canonical order.
+    let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut stmt = db.prepare(&sql)?;
+    stmt.query(&mut |row| {
+        let existed = matches!(row[0], ValueRef::Integer(1));
+        let orig = &row[1..=n];
+        let cur = &row[n + 1..=2 * n];
+        let exists = matches!(row[2 * n + 1], ValueRef::Integer(1));
+        let mut buf = Vec::new();
+        let key_src = match (existed, exists) {
+            (false, false) => return Ok(()),
+            (false, true) => {
+                buf.extend_from_slice(&[Op::Insert.byte(), 0]);
+                cur.iter().for_each(|v| v.encode(&mut buf));
+                cur
+            }
+            (true, false) => {
+                buf.extend_from_slice(&[Op::Delete.byte(), 0]);
+                orig.iter().for_each(|v| v.encode(&mut buf));
+                orig
+            }
+            (true, true) => {
+                let changed: Vec<bool> = (0..n)
+                    .map(|i| pk[i] == 0 && !same(orig[i], cur[i]))
+                    .collect();
+                if !changed.contains(&true) {
+                    return Ok(());
+                }
+                buf.extend_from_slice(&[Op::Update.byte(), 0]);
+                for i in 0..n {
+                    if pk[i] != 0 || changed[i] {
+                        orig[i].encode(&mut buf);
+                    } else {
+                        buf.push(crate::value::UNDEFINED);
+                    }
+                }
+                for i in 0..n {
+                    if changed[i] {
+                        cur[i].encode(&mut buf);
+                    } else {
+                        buf.push(crate::value::UNDEFINED);
+                    }
+                }
+                orig
+            }
+        };
+        let mut key = Vec::new();
+        for i in 0..n {
+            if pk[i] != 0 {
+                key_src[i].encode(&mut key);
+            }
+        }
+        rows.push((key, buf));
+        Ok(())
+    })?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out.table(&info.name, &pk);
+    for (_, change) in rows {
+        out.buf().extend_from_slice(&change);
+    }
+    Ok(())
+}
+
+fn shadow_cols(cols: &[usize]) -> String {
+    cols.iter()
+        .map(|i| format!("c{}", i + 1))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn table_cols(info: &TableInfo, cols: &[usize], prefix: &str) -> String {
+    cols.iter()
+        .map(|&i| format!("{prefix}{}", quote(&info.columns[i].name)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Shadow columns carry no type, so values are kept exactly as stored (no affinity).
+fn shadow_ddl(info: &TableInfo, id: i64) -> String {
+    let n = info.columns.len();
+    if info.integer_pk {
+        let pk = info.pk_columns()[0];
+        let cols: Vec<String> = (0..n)
+            .map(|i| {
+                if i == pk {
+                    format!("c{} INTEGER PRIMARY KEY", i + 1)
+                } else {
+                    format!("c{}", i + 1)
+                }
+            })
+            .collect();
+        format!(
+            "CREATE TABLE {}({}, existed INTEGER NOT NULL)",
+            shadow(id),
+            cols.join(", ")
+        )
+    } else {
+        let cols: Vec<String> = (0..n).map(|i| format!("c{}", i + 1)).collect();
+        format!(
+            "CREATE TABLE {}({}, existed INTEGER NOT NULL, PRIMARY KEY({})) WITHOUT ROWID",
+            shadow(id),
+            cols.join(", "),
+            shadow_cols(&info.pk_columns())
+        )
+    }
+}
+
+fn drop_triggers(id: i64) -> String {
+    ["bi", "bu", "ai", "au", "ak", "ad"]
+        .iter()
+        .map(|k| format!("DROP TRIGGER IF EXISTS main.pdb_{id}_{k};"))
+        .collect()
+}
+
+fn trigger_ddl(info: &TableInfo, id: i64) -> String {
+    let n = info.columns.len();
+    let all: Vec<usize> = (0..n).collect();
+    let pk = info.pk_columns();
+    // Trigger bodies may not qualify table names; they resolve in the trigger's schema.
+    let table = quote(&info.name);
+    let guard = "WHEN NOT EXISTS (SELECT 1 FROM pdb_apply_guard)";
+    let shadow = format!("pdb_shadow_{id}");
+    let image = |prefix: &str| table_cols(info, &all, prefix);
+    let keys = |prefix: &str| table_cols(info, &pk, prefix);
+    let col = |i: usize| quote(&info.columns[i].name);
+
+    // Rows the write could replace: same key, or same values of a unique constraint.
+    let mut probes = vec![pk.clone()];
+    probes.extend(info.unique.iter().cloned());
+    let conflicts = probes
+        .iter()
+        .map(|cols| {
+            let eq: Vec<String> = cols
+                .iter()
+                .map(|&i| format!("t.{} = NEW.{}", col(i), col(i)))
+                .collect();
+            format!("({})", eq.join(" AND "))
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let save_conflicts = format!(
+        "INSERT OR IGNORE INTO {shadow}({all_c}, existed) SELECT {img}, 1 FROM {table} AS t WHERE {conflicts};",
+        all_c = shadow_cols(&all),
+        img = image("t."),
+    );
+    let mut watched: Vec<usize> = probes.concat();
+    watched.sort_unstable();
+    watched.dedup();
+    let watched = watched
+        .iter()
+        .map(|&i| col(i))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let key_changed = pk
+        .iter()
+        .map(|&i| format!("NEW.{c} IS NOT OLD.{c}", c = col(i)))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+
+    format!(
+        "CREATE TRIGGER main.pdb_{id}_bi BEFORE INSERT ON {table} {guard} BEGIN {save_conflicts} END;
+CREATE TRIGGER main.pdb_{id}_bu BEFORE UPDATE OF {watched} ON {table} {guard} BEGIN {save_conflicts} END;
+CREATE TRIGGER main.pdb_{id}_ai AFTER INSERT ON {table} {guard} BEGIN
+  INSERT OR IGNORE INTO {shadow}({pk_c}, existed) VALUES ({new_keys}, 0); END;
+CREATE TRIGGER main.pdb_{id}_au AFTER UPDATE ON {table} {guard} BEGIN
+  INSERT OR IGNORE INTO {shadow}({all_c}, existed) VALUES ({old_image}, 1); END;
+CREATE TRIGGER main.pdb_{id}_ak AFTER UPDATE OF {pk_names} ON {table} {guard} AND ({key_changed}) BEGIN
+  INSERT OR IGNORE INTO {shadow}({pk_c}, existed) VALUES ({new_keys}, 0); END;
+CREATE TRIGGER main.pdb_{id}_ad AFTER DELETE ON {table} {guard} BEGIN
+  INSERT OR IGNORE INTO {shadow}({all_c}, existed) VALUES ({old_image}, 1); END;",
+        pk_c = shadow_cols(&pk),
+        all_c = shadow_cols(&all),
+        new_keys = keys("NEW."),
+        old_image = image("OLD."),
+        pk_names = pk.iter().map(|&i| col(i)).collect::<Vec<_>>().join(", "),
+    )
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,153 @@
+//! Concatenating changesets with the semantics of `sqlite3changegroup`: changes to the
+//! same row are merged into their net effect.
+
+use std::collections::BTreeMap;
+
+use super::{Change, FormatError, Item, Op, Reader, Writer};
+use crate::value;
+
+/// Why two changesets cannot be combined.
+#[derive(Debug, thiserror::Error)]
+pub enum ConcatError {
+    /// One of the inputs is malformed.
+    #[error("{which} changeset: {source}")]
+    Format {
+        /// "first" or "second".
+        which: &'static str,
+        /// The format error.
+        source: FormatError,
+    },
+    /// The same table appears with different columns or keys.
+    #[error("table \"{table}\" has different columns or primary key in the two changesets")]
+    Schema {
+        /// The table at fault.
+        table: String,
+    },
+}
+
+type Rows<'a> = BTreeMap<Vec<u8>, Change<'a>>;
+
+/// Returns the changeset equal to applying `a` then `b`, in canonical order.
+///
+/// Merge rules per row, as SQLite's changegroup: INSERT+UPDATE → INSERT;
+/// INSERT+DELETE → nothing; UPDATE+UPDATE → UPDATE (nothing if it cancels out);
+/// UPDATE+DELETE → DELETE; DELETE+INSERT → UPDATE (nothing if identical); the
+/// impossible pairs (INSERT+INSERT, UPDATE+INSERT, DELETE+UPDATE, DELETE+DELETE) keep
+/// the first change.
+pub fn concat(a: &[u8], b: &[u8]) -> Result<Vec<u8>, ConcatError> {
+    let mut tables: BTreeMap<&str, (&[u8], Rows<'_>)> = BTreeMap::new();
+    for (which, buf) in [("first", a), ("second", b)] {
+        let mut current: Option<&str> = None;
+        for item in Reader::new(buf) {
+            match item.map_err(|source| ConcatError::Format { which, source })? {
+                Item::Table(h) => {
+                    let entry = tables.entry(h.name).or_insert((h.pk, BTreeMap::new()));
+                    if entry.0 != h.pk {
+                        return Err(ConcatError::Schema {
+                            table: h.name.to_string(),
+                        });
+                    }
+                    current = Some(h.name);
+                }
+                Item::Change(c) => {
+                    let (pk, rows) = tables
+                        .get_mut(current.expect("reader checks order"))
+                        .unwrap();
+                    let key = c.key(pk);
+                    match rows.remove(&key) {
+                        None => {
+                            rows.insert(key, c);
+                        }
+                        Some(prev) => {
+                            if let Some(merged) = merge(pk, prev, c) {
+                                rows.insert(key, merged);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut out = Writer::new();
+    for (name, (pk, rows)) in &tables {
+        if rows.is_empty() {
+            continue;
+        }
+        out.table(name, pk);
+        for change in rows.values() {
+            out.change(change);
+        }
+    }
+    Ok(out.finish())
+}
+
+/// Merges two changes to the same row; `None` when they cancel out.
+fn merge<'a>(pk: &[u8], first: Change<'a>, second: Change<'a>) -> Option<Change<'a>> {
+    let indirect = first.indirect && second.indirect;
+    match (first.op, second.op) {
+        (Op::Insert, Op::Insert)
+        | (Op::Update, Op::Insert)
+        | (Op::Delete, Op::Update)
+        | (Op::Delete, Op::Delete) => Some(first),
+        (Op::Insert, Op::Delete) => None,
+        (Op::Insert, Op::Update) => {
+            let new = prefer(&second.new, &first.new);
+            Some(Change {
+                op: Op::Insert,
+                indirect,
+                old: Vec::new(),
+                new,
+            })
+        }
+        (Op::Delete, Op::Insert) => net_update(pk, indirect, &first.old, &second.new),
+        (Op::Update, Op::Update) => {
+            let old = prefer(&first.old, &second.old);
+            let new = prefer(&second.new, &first.new);
+            net_update(pk, indirect, &old, &new)
+        }
+        (Op::Update, Op::Delete) => {
+            let old = prefer(&first.old, &second.old);
+            Some(Change {
+                op: Op::Delete,
+                indirect,
+                old,
+                new: Vec::new(),
+            })
+        }
+    }
+}
+
+/// Per column, the field of `primary` if defined, else that of `fallback`.
+fn prefer<'a>(primary: &[&'a [u8]], fallback: &[&'a [u8]]) -> Vec<&'a [u8]> {
+    primary
+        .iter()
+        .zip(fallback)
+        .map(|(p, f)| if p[0] == value::UNDEFINED { *f } else { *p })
+        .collect()
+}
+
+/// The UPDATE from `old` to `new` values: PK and differing columns in the old record,
+/// differing columns in the new one; `None` if no non-PK column differs.
+fn net_update<'a>(
+    pk: &[u8],
+    indirect: bool,
+    old: &[&'a [u8]],
+    new: &[&'a [u8]],
+) -> Option<Change<'a>> {
+    const UNDEF: &[u8] = &[value::UNDEFINED];
+    let mut changed = false;
+    let mut o = Vec::with_capacity(pk.len());
+    let mut n = Vec::with_capacity(pk.len());
+    for i in 0..pk.len() {
+        let differs = old[i] != new[i];
+        changed |= differs && pk[i] == 0;
+        o.push(if pk[i] != 0 || differs { old[i] } else { UNDEF });
+        n.push(if pk[i] == 0 && differs { new[i] } else { UNDEF });
+    }
+    changed.then_some(Change {
+        op: Op::Update,
+        indirect,
+        old: o,
+        new: n,
+    })
+}

@@ -1,0 +1,48 @@
+//! Inverting a changeset: the change that undoes it, with the session extension's
+//! semantics and order (a streaming rewrite, so input order is kept).
+
+use super::{FormatError, Item, Op, Reader, Writer};
+use crate::value;
+
+/// Returns the changeset that undoes `buf`: INSERT and DELETE swap; an UPDATE keeps its
+/// PK in the old record and swaps the other old and new values.
+pub fn invert(buf: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let mut out = Writer::new();
+    let mut pk: &[u8] = &[];
+    for item in Reader::new(buf) {
+        match item? {
+            Item::Table(h) => {
+                pk = h.pk;
+                out.table(h.name, h.pk);
+            }
+            Item::Change(c) => match c.op {
+                Op::Insert | Op::Delete => {
+                    let op = if c.op == Op::Insert {
+                        Op::Delete
+                    } else {
+                        Op::Insert
+                    };
+                    out.begin(op, c.indirect);
+                    for f in c.old.iter().chain(c.new.iter()) {
+                        out.buf().extend_from_slice(f);
+                    }
+                }
+                Op::Update => {
+                    out.begin(Op::Update, c.indirect);
+                    for i in 0..pk.len() {
+                        let f = if pk[i] != 0 { c.old[i] } else { c.new[i] };
+                        out.buf().extend_from_slice(f);
+                    }
+                    for i in 0..pk.len() {
+                        if pk[i] != 0 {
+                            out.buf().push(value::UNDEFINED);
+                        } else {
+                            out.buf().extend_from_slice(c.old[i]);
+                        }
+                    }
+                }
+            },
+        }
+    }
+    Ok(out.finish())
+}

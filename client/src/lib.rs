@@ -1,0 +1,32 @@
+//! The PersonalDB client runtime.
+//!
+//! Everything the `libpdb` extension does lives here, written against the small [`Db`]
+//! trait so that it runs (and is tested) on a rusqlite connection as well as on the
+//! host connection the extension is handed. This crate contains no `unsafe` code.
+//!
+//! - [`changeset`]: the session extension's changeset format (read, write, invert, concat).
+//! - [`capture`]: `pdb_track`, the shadow tables and triggers, and the pending changeset.
+//! - [`queue`]: `pdb_commit` and the upload queue.
+//! - [`apply`]: applying a changeset with `sqlite3changeset_apply` semantics.
+//! - [`schema`]: table introspection and the schema hash.
+#![forbid(unsafe_code)]
+
+pub mod apply;
+pub mod capture;
+pub mod changeset;
+pub mod db;
+mod error;
+pub mod queue;
+pub mod schema;
+pub mod value;
+mod varint;
+
+pub use db::{Db, DbError, Stmt};
+pub use error::Error;
+pub use value::{Value, ValueRef};
+
+/// The version reported by `pdb_version()`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The client-side DDL, created on first use (see `sql/client.sql`).
+pub const CLIENT_SQL: &str = include_str!("../../sql/client.sql");

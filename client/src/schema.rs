@@ -1,0 +1,284 @@
+//! What the client knows of a user table: its columns, primary key and unique
+//! constraints, read from SQLite's own pragmas; and the schema hash of DESIGN §4.
+
+use crate::db::{Db, Stmt};
+use crate::value::{Value, ValueRef};
+use crate::Error;
+
+/// One column of a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Name as declared.
+    pub name: String,
+    /// Declared type as written (may be empty).
+    pub decl_type: String,
+    /// 1-based position in the PRIMARY KEY, 0 if not part of it.
+    pub pk: u8,
+    /// Declared NOT NULL.
+    pub notnull: bool,
+    /// The DEFAULT expression as written, if any (not part of the shape or hash).
+    pub default: Option<String>,
+}
+
+/// A user table as PersonalDB sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    /// Name as stored in `sqlite_schema`.
+    pub name: String,
+    /// Columns in declaration order.
+    pub columns: Vec<Column>,
+    /// The key is an `INTEGER PRIMARY KEY` (an alias of the rowid).
+    pub integer_pk: bool,
+    /// Column sets of UNIQUE constraints and unique indexes on plain columns.
+    pub unique: Vec<Vec<usize>>,
+}
+
+impl TableInfo {
+    /// PK flags as written in a changeset header.
+    pub fn pk_flags(&self) -> Vec<u8> {
+        self.columns.iter().map(|c| c.pk).collect()
+    }
+
+    /// Indexes of the PK columns, in primary-key order.
+    pub fn pk_columns(&self) -> Vec<usize> {
+        let mut cols: Vec<usize> = (0..self.columns.len())
+            .filter(|&i| self.columns[i].pk != 0)
+            .collect();
+        cols.sort_by_key(|&i| self.columns[i].pk);
+        cols
+    }
+
+    /// The JSON shape stored in `pdb_tracked.columns`.
+    pub fn shape_json(&self) -> String {
+        let cols: Vec<serde_json::Value> = self
+            .columns
+            .iter()
+            .map(|c| {
+                serde_json::json!({"name": c.name, "type": c.decl_type, "pk": c.pk, "notnull": c.notnull})
+            })
+            .collect();
+        serde_json::Value::Array(cols).to_string()
+    }
+
+    /// This table's part of the schema hash input (DESIGN §4).
+    pub fn hash_input(&self, out: &mut Vec<u8>) {
+        put_str(out, &self.name);
+        out.extend_from_slice(&(self.columns.len() as u16).to_be_bytes());
+        for c in &self.columns {
+            put_str(out, &c.name);
+            put_str(out, &c.decl_type.to_uppercase());
+            out.push(c.pk);
+            out.push(u8::from(c.notnull));
+        }
+    }
+}
+
+/// `str(x)` of DESIGN §4: a 2-byte big-endian length, then the UTF-8 bytes.
+pub fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The schema hash of DESIGN §4 over `tables`, which must be in name order.
+pub fn schema_hash(tables: &[TableInfo]) -> [u8; 32] {
+    let mut input = b"pdb/v1 schema".to_vec();
+    for t in tables {
+        t.hash_input(&mut input);
+    }
+    *blake3::hash(&input).as_bytes()
+}
+
+/// Quotes an SQL identifier.
+pub fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn text(v: &ValueRef<'_>) -> String {
+    match v {
+        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+        ValueRef::Integer(i) => i.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn int(v: &ValueRef<'_>) -> i64 {
+    match v {
+        ValueRef::Integer(i) => *i,
+        _ => 0,
+    }
+}
+
+/// Reads a table of the `main` schema, refusing what PersonalDB cannot track; `name` is
+/// matched case-insensitively, as SQL does.
+pub fn table_info<D: Db>(db: &D, name: &str) -> Result<TableInfo, Error> {
+    let found = {
+        let mut stmt = db.prepare(
+            "SELECT name, type, sql FROM main.sqlite_schema \
+             WHERE type IN ('table', 'view') AND name = ?1 COLLATE NOCASE",
+        )?;
+        stmt.bind(1, ValueRef::Text(name.as_bytes()))?;
+        let mut found = None;
+        stmt.query(&mut |row| {
+            found = Some((text(&row[0]), text(&row[1]), text(&row[2])));
+            Ok(())
+        })?;
+        found
+    };
+    let Some((name, kind, sql)) = found else {
+        return Err(Error::Table(format!("no such table: \"{name}\"")));
+    };
+    if kind == "view" {
+        return Err(Error::Table(format!(
+            "\"{name}\" is a view; only tables can be tracked"
+        )));
+    }
+    let lower = name.to_lowercase();
+    if lower.starts_with("sqlite_") || lower.starts_with("pdb_") {
+        return Err(Error::Table(format!(
+            "\"{name}\" is an internal table and cannot be tracked"
+        )));
+    }
+    if sql
+        .trim_start()
+        .get(..14)
+        .is_some_and(|s| s.eq_ignore_ascii_case("CREATE VIRTUAL"))
+    {
+        return Err(Error::Table(format!(
+            "\"{name}\" is a virtual table and cannot be tracked"
+        )));
+    }
+    let without_rowid = table_options(&sql).contains("WITHOUT");
+
+    let mut columns = Vec::new();
+    let mut generated = None;
+    {
+        let mut stmt = db.prepare(
+            "SELECT name, type, \"notnull\", pk, hidden, dflt_value FROM pragma_table_xinfo(?1, 'main') \
+             ORDER BY cid",
+        )?;
+        stmt.bind(1, ValueRef::Text(name.as_bytes()))?;
+        stmt.query(&mut |row| {
+            let col = Column {
+                name: text(&row[0]),
+                decl_type: text(&row[1]),
+                notnull: int(&row[2]) != 0,
+                pk: u8::try_from(int(&row[3])).unwrap_or(u8::MAX),
+                default: match row[5] {
+                    ValueRef::Null => None,
+                    ref v => Some(text(v)),
+                },
+            };
+            if int(&row[4]) != 0 {
+                generated.get_or_insert(col.name.clone());
+            }
+            columns.push(col);
+            Ok(())
+        })?;
+    }
+    if let Some(col) = generated {
+        return Err(Error::Table(format!(
+            "table \"{name}\": generated column \"{col}\" is not supported"
+        )));
+    }
+    let pk: Vec<&Column> = columns.iter().filter(|c| c.pk != 0).collect();
+    if pk.is_empty() {
+        return Err(Error::Table(format!(
+            "table \"{name}\" has no PRIMARY KEY; declare one (INTEGER PRIMARY KEY, a composite key, or WITHOUT ROWID)"
+        )));
+    }
+    if pk.len() > 255 || columns.len() > 2000 {
+        return Err(Error::Table(format!(
+            "table \"{name}\" has too many columns"
+        )));
+    }
+    let integer_pk =
+        !without_rowid && pk.len() == 1 && pk[0].decl_type.eq_ignore_ascii_case("INTEGER");
+    if !without_rowid && !integer_pk {
+        if let Some(c) = pk.iter().find(|c| !c.notnull) {
+            return Err(Error::Table(format!(
+                "table \"{name}\": primary key column \"{}\" allows NULL; declare it NOT NULL \
+                 (or use INTEGER PRIMARY KEY or WITHOUT ROWID)",
+                c.name
+            )));
+        }
+    }
+
+    let unique = unique_constraints(db, &name, &columns)?;
+    Ok(TableInfo {
+        name,
+        columns,
+        integer_pk,
+        unique,
+    })
+}
+
+/// The table options after the column list (`WITHOUT ROWID`, `STRICT`), upper-cased.
+fn table_options(sql: &str) -> String {
+    sql.rfind(')')
+        .map(|i| sql[i + 1..].to_uppercase())
+        .unwrap_or_default()
+}
+
+fn unique_constraints<D: Db>(
+    db: &D,
+    table: &str,
+    columns: &[Column],
+) -> Result<Vec<Vec<usize>>, Error> {
+    let mut indexes = Vec::new();
+    {
+        let mut stmt = db.prepare(
+            "SELECT name FROM pragma_index_list(?1, 'main') WHERE \"unique\" AND origin <> 'pk'",
+        )?;
+        stmt.bind(1, ValueRef::Text(table.as_bytes()))?;
+        stmt.query(&mut |row| {
+            indexes.push(text(&row[0]));
+            Ok(())
+        })?;
+    }
+    let mut out = Vec::new();
+    for index in indexes {
+        let mut cols = Vec::new();
+        let mut plain = true;
+        let mut stmt =
+            db.prepare("SELECT cid, name FROM pragma_index_info(?1, 'main') ORDER BY seqno")?;
+        stmt.bind(1, ValueRef::Text(index.as_bytes()))?;
+        stmt.query(&mut |row| {
+            // cid < 0 is the rowid or an expression: such an index cannot be probed
+            // with NEW.column values, so it is left out (see ARCHITECTURE.md).
+            match usize::try_from(int(&row[0])) {
+                Ok(cid) if cid < columns.len() => cols.push(cid),
+                _ => plain = false,
+            }
+            Ok(())
+        })?;
+        if plain && !cols.is_empty() {
+            out.push(cols);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a stored JSON shape back (for comparing with the live table).
+pub fn shape_from_json(name: &str, json: &str) -> Option<Vec<Column>> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    v.as_array()?
+        .iter()
+        .map(|c| {
+            Some(Column {
+                name: c.get("name")?.as_str()?.to_string(),
+                decl_type: c.get("type")?.as_str()?.to_string(),
+                pk: u8::try_from(c.get("pk")?.as_u64()?).ok()?,
+                notnull: c.get("notnull")?.as_bool()?,
+                default: None,
+            })
+        })
+        .collect::<Option<Vec<_>>>()
+        .filter(|cols| !cols.is_empty() && !name.is_empty())
+}
+
+/// Converts an owned value for display in error messages.
+pub fn display_value(v: &Value) -> String {
+    let mut s = String::new();
+    crate::changeset::value_json(&mut s, v.as_ref());
+    s
+}

@@ -1,0 +1,256 @@
+//! `libpdb`: the PersonalDB SQLite loadable extension.
+//!
+//! This crate is only the SQL surface: it names the functions, converts arguments and
+//! results, and maps errors. The work is done by `pdb-client`; all `unsafe` code and
+//! FFI live in the [`ffi`] module.
+//!
+//! ```sql
+//! .load ./target/release/libpdb
+//! select pdb_track('notes');
+//! insert into notes(title) values ('hello');
+//! select pdb_commit();
+//! select * from pdb_changeset_rows((select changeset from pdb_upload_queue));
+//! ```
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
+mod ffi;
+
+use pdb_client::apply::{self, OnConflict};
+use pdb_client::changeset::{self, ChangeJson};
+use pdb_client::{capture, queue, Error, ValueRef};
+
+pub use ffi::Conn;
+
+/// Oldest SQLite the extension accepts (3.37.0: STRICT tables; every API entry used).
+pub const MIN_SQLITE_VERSION: i32 = 3_037_000;
+
+/// A function's result, handed back to SQLite.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// SQL NULL.
+    Null,
+    /// An INTEGER.
+    Integer(i64),
+    /// TEXT.
+    Text(String),
+    /// A BLOB.
+    Blob(Vec<u8>),
+}
+
+/// One registered SQL function (one arity of it).
+pub struct Function {
+    /// SQL name.
+    pub name: &'static str,
+    /// Number of arguments.
+    pub n_arg: i32,
+    /// Pure function of its arguments (no database access).
+    pub deterministic: bool,
+    /// The implementation.
+    pub run: fn(&Conn, &[ValueRef<'_>]) -> Result<Output, Error>,
+}
+
+/// Every SQL function the extension registers; a test pins this set.
+pub static FUNCTIONS: &[Function] = &[
+    Function {
+        name: "pdb_version",
+        n_arg: 0,
+        deterministic: true,
+        run: version,
+    },
+    Function {
+        name: "pdb_track",
+        n_arg: 1,
+        deterministic: false,
+        run: track,
+    },
+    Function {
+        name: "pdb_untrack",
+        n_arg: 1,
+        deterministic: false,
+        run: untrack,
+    },
+    Function {
+        name: "pdb_changeset",
+        n_arg: 0,
+        deterministic: false,
+        run: pending,
+    },
+    Function {
+        name: "pdb_commit",
+        n_arg: 0,
+        deterministic: false,
+        run: commit,
+    },
+    Function {
+        name: "pdb_commit",
+        n_arg: 1,
+        deterministic: false,
+        run: commit,
+    },
+    Function {
+        name: "pdb_apply",
+        n_arg: 1,
+        deterministic: false,
+        run: apply_changeset,
+    },
+    Function {
+        name: "pdb_apply",
+        n_arg: 2,
+        deterministic: false,
+        run: apply_changeset,
+    },
+    Function {
+        name: "pdb_invert",
+        n_arg: 1,
+        deterministic: true,
+        run: invert,
+    },
+    Function {
+        name: "pdb_concat",
+        n_arg: 2,
+        deterministic: true,
+        run: concat,
+    },
+];
+
+fn text_arg<'a>(args: &[ValueRef<'a>], i: usize, what: &str) -> Result<&'a str, Error> {
+    match args[i] {
+        ValueRef::Text(t) => std::str::from_utf8(t).map_err(|_| {
+            Error::Argument(format!("argument {} ({what}) is not valid UTF-8", i + 1))
+        }),
+        _ => Err(Error::Argument(format!(
+            "argument {} ({what}) must be TEXT",
+            i + 1
+        ))),
+    }
+}
+
+/// A changeset argument: a BLOB, or NULL for "no changes".
+fn changeset_arg<'a>(args: &[ValueRef<'a>], i: usize) -> Result<Option<&'a [u8]>, Error> {
+    match args[i] {
+        ValueRef::Blob(b) => Ok(Some(b)),
+        ValueRef::Null => Ok(None),
+        _ => Err(Error::Argument(format!(
+            "argument {} must be a changeset BLOB",
+            i + 1
+        ))),
+    }
+}
+
+fn version(_: &Conn, _: &[ValueRef<'_>]) -> Result<Output, Error> {
+    Ok(Output::Text(pdb_client::VERSION.to_string()))
+}
+
+fn track(db: &Conn, args: &[ValueRef<'_>]) -> Result<Output, Error> {
+    capture::track(db, text_arg(args, 0, "table name")?).map(Output::Text)
+}
+
+fn untrack(db: &Conn, args: &[ValueRef<'_>]) -> Result<Output, Error> {
+    let name = text_arg(args, 0, "table name")?;
+    capture::untrack(db, name)?;
+    Ok(Output::Text(name.to_string()))
+}
+
+fn pending(db: &Conn, _: &[ValueRef<'_>]) -> Result<Output, Error> {
+    Ok(queue::pending_changeset(db)?.map_or(Output::Null, Output::Blob))
+}
+
+fn commit(db: &Conn, args: &[ValueRef<'_>]) -> Result<Output, Error> {
+    let meta = match args.first() {
+        None | Some(ValueRef::Null) => None,
+        Some(_) => Some(text_arg(args, 0, "meta_json")?),
+    };
+    Ok(queue::commit(db, meta)?.map_or(Output::Null, Output::Integer))
+}
+
+fn apply_changeset(db: &Conn, args: &[ValueRef<'_>]) -> Result<Output, Error> {
+    let blob = changeset_arg(args, 0)?.unwrap_or_default();
+    let policy = match args.get(1) {
+        None | Some(ValueRef::Null) => OnConflict::Abort,
+        Some(_) => OnConflict::parse(text_arg(args, 1, "on_conflict")?)?,
+    };
+    let stats = apply::apply(db, blob, policy)?;
+    Ok(Output::Text(format!(
+        r#"{{"applied":{},"replaced":{},"skipped":{}}}"#,
+        stats.applied, stats.replaced, stats.skipped
+    )))
+}
+
+fn invert(_: &Conn, args: &[ValueRef<'_>]) -> Result<Output, Error> {
+    match changeset_arg(args, 0)? {
+        None => Ok(Output::Null),
+        Some(b) => Ok(Output::Blob(changeset::invert(b)?)),
+    }
+}
+
+fn concat(_: &Conn, args: &[ValueRef<'_>]) -> Result<Output, Error> {
+    match (changeset_arg(args, 0)?, changeset_arg(args, 1)?) {
+        (None, None) => Ok(Output::Null),
+        (a, b) => Ok(Output::Blob(changeset::concat(
+            a.unwrap_or_default(),
+            b.unwrap_or_default(),
+        )?)),
+    }
+}
+
+/// The safe half of the `pdb_changeset_rows` cursor: the decoded rows and a position.
+#[derive(Debug, Default)]
+pub struct RowsCursor {
+    rows: Vec<ChangeJson>,
+    i: usize,
+}
+
+impl RowsCursor {
+    /// Decodes the changeset argument (`None` when the query gave none).
+    pub fn filter(&mut self, arg: Option<ValueRef<'_>>) -> Result<(), Error> {
+        self.i = 0;
+        self.rows.clear();
+        let blob = match arg {
+            None => {
+                return Err(Error::Argument(
+                    "needs a changeset argument: select * from pdb_changeset_rows(?)".into(),
+                ))
+            }
+            Some(ValueRef::Null) => return Ok(()),
+            Some(ValueRef::Blob(b)) => b,
+            Some(_) => return Err(Error::Argument("argument must be a changeset BLOB".into())),
+        };
+        for (table, changes) in changeset::parse(blob)? {
+            self.rows
+                .extend(changes.iter().map(|c| changeset::change_to_json(&table, c)));
+        }
+        Ok(())
+    }
+
+    /// Moves to the next row.
+    pub fn next(&mut self) {
+        self.i += 1;
+    }
+
+    /// Whether the cursor is past the last row.
+    pub fn eof(&self) -> bool {
+        self.i >= self.rows.len()
+    }
+
+    /// Row number, from 1.
+    pub fn rowid(&self) -> i64 {
+        self.i as i64 + 1
+    }
+
+    /// Value of column `col` of the current row.
+    pub fn column(&self, col: usize) -> Output {
+        let Some(row) = self.rows.get(self.i) else {
+            return Output::Null;
+        };
+        match col {
+            0 => Output::Text(row.tbl.clone()),
+            1 => Output::Text(row.op.to_string()),
+            2 => Output::Integer(i64::from(row.indirect)),
+            3 => Output::Text(row.pk.clone()),
+            4 => row.old.clone().map_or(Output::Null, Output::Text),
+            5 => row.new.clone().map_or(Output::Null, Output::Text),
+            _ => Output::Null,
+        }
+    }
+}
