@@ -1,1 +1,173 @@
-//! Shared helpers for the integration tests.
+//! Shared harness for the integration tests: locating and loading the real `libpdb`,
+//! and comparing databases and changesets.
+//!
+//! The session extension of rusqlite's bundled SQLite is the oracle throughout: the
+//! tests run the same writes under both and require the same changes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use pdb_client::changeset::{self, Writer};
+use rusqlite::types::ValueRef;
+use rusqlite::Connection;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Path of the release `libpdb`, built (once per test process) if needed so that tests
+/// never run against a stale library.
+pub fn libpdb() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--release", "-p", "pdb"])
+            .current_dir(root())
+            .status()
+            .expect("run cargo build for libpdb");
+        assert!(status.success(), "building libpdb failed");
+        root().join("target/release/libpdb.so")
+    })
+}
+
+/// Loads `libpdb` into `conn`.
+pub fn load(conn: &Connection) {
+    // Safety: loading native code is inherently unchecked; this is the library built
+    // from this workspace, loaded by its documented entry point.
+    unsafe {
+        conn.load_extension_enable()
+            .expect("enable extension loading");
+        conn.load_extension(libpdb(), Some("sqlite3_pdb_init"))
+            .expect("load libpdb");
+        conn.load_extension_disable()
+            .expect("disable extension loading");
+    }
+}
+
+/// An in-memory database with `libpdb` loaded.
+pub fn memory_with_pdb() -> Connection {
+    let conn = Connection::open_in_memory().expect("open");
+    load(&conn);
+    conn
+}
+
+/// Every row of `table`, each value in changeset encoding, sorted: an exact,
+/// layout-independent picture of the table (REAL compared bit for bit).
+pub fn dump(conn: &Connection, table: &str) -> Vec<Vec<Vec<u8>>> {
+    let sql = format!("SELECT * FROM \"{}\"", table.replace('"', "\"\""));
+    let mut stmt = conn.prepare(&sql).expect("prepare dump");
+    let n = stmt.column_count();
+    let mut rows: Vec<Vec<Vec<u8>>> = stmt
+        .query_map([], |row| {
+            Ok((0..n)
+                .map(|i| {
+                    let mut out = Vec::new();
+                    to_client(row.get_ref_unwrap(i)).encode(&mut out);
+                    out
+                })
+                .collect())
+        })
+        .expect("query dump")
+        .collect::<Result<_, _>>()
+        .expect("read dump");
+    rows.sort();
+    rows
+}
+
+/// Converts a rusqlite value to the client's.
+pub fn to_client(v: ValueRef<'_>) -> pdb_client::ValueRef<'_> {
+    match v {
+        ValueRef::Null => pdb_client::ValueRef::Null,
+        ValueRef::Integer(i) => pdb_client::ValueRef::Integer(i),
+        ValueRef::Real(r) => pdb_client::ValueRef::Real(r),
+        ValueRef::Text(t) => pdb_client::ValueRef::Text(t),
+        ValueRef::Blob(b) => pdb_client::ValueRef::Blob(b),
+    }
+}
+
+/// One change, owned, for set comparisons: table, op byte, indirect, old and new fields.
+pub type ChangeKey = (String, u8, bool, Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+/// The changes of a changeset as a sorted list (each table header's PK flags are
+/// returned separately, keyed by table).
+pub fn change_set(blob: &[u8]) -> (BTreeMap<String, Vec<u8>>, Vec<ChangeKey>) {
+    let mut headers = BTreeMap::new();
+    let mut out = Vec::new();
+    for (h, changes) in changeset::parse(blob).expect("changeset parses") {
+        headers.insert(h.name.to_string(), h.pk.to_vec());
+        for c in changes {
+            out.push((
+                h.name.to_string(),
+                c.op.byte(),
+                c.indirect,
+                c.old.iter().map(|f| f.to_vec()).collect(),
+                c.new.iter().map(|f| f.to_vec()).collect(),
+            ));
+        }
+    }
+    out.sort();
+    (headers, out)
+}
+
+/// Rewrites a changeset in canonical order (DESIGN §3), independently of the client's
+/// own encoder: tables by name bytes, changes by their PK fields in column order.
+pub fn canonical(blob: &[u8]) -> Vec<u8> {
+    let mut tables: BTreeMap<String, (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)> = BTreeMap::new();
+    for (h, changes) in changeset::parse(blob).expect("changeset parses") {
+        let entry = tables
+            .entry(h.name.to_string())
+            .or_insert_with(|| (h.pk.to_vec(), Vec::new()));
+        for c in changes {
+            let mut w = Writer::new();
+            w.change(&c);
+            entry.1.push((c.key(h.pk), w.finish()));
+        }
+    }
+    let mut w = Writer::new();
+    for (name, (pk, mut changes)) in tables {
+        changes.sort();
+        w.table(&name, &pk);
+        for (_, bytes) in changes {
+            w.buf().extend_from_slice(&bytes);
+        }
+    }
+    w.finish()
+}
+
+/// `select pdb_changeset()` as bytes (empty when NULL).
+pub fn pending(conn: &Connection) -> Vec<u8> {
+    conn.query_row("SELECT pdb_changeset()", [], |r| {
+        r.get::<_, Option<Vec<u8>>>(0)
+    })
+    .expect("pdb_changeset")
+    .unwrap_or_default()
+}
+
+/// Applies `blob` with the real session extension (`sqlite3changeset_apply_strm`),
+/// answering every conflict with `action`.
+pub fn session_apply(
+    conn: &Connection,
+    blob: &[u8],
+    action: rusqlite::session::ConflictAction,
+) -> rusqlite::Result<()> {
+    use rusqlite::session::ConflictAction as A;
+    let mut input: &[u8] = blob;
+    // ConflictAction is not Copy; re-create it per call.
+    let code = action as i32;
+    conn.apply_strm(
+        &mut input,
+        None::<fn(&str) -> bool>,
+        move |_, _| match code {
+            c if c == A::SQLITE_CHANGESET_OMIT as i32 => A::SQLITE_CHANGESET_OMIT,
+            c if c == A::SQLITE_CHANGESET_REPLACE as i32 => A::SQLITE_CHANGESET_REPLACE,
+            _ => A::SQLITE_CHANGESET_ABORT,
+        },
+    )
+}

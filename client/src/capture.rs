@@ -3,8 +3,8 @@
 //! For a tracked table with id `N`, `pdb_shadow_N` holds, for every row touched since
 //! the last local commit, the row's **original image**: its values at the last commit
 //! (`existed = 1`), or a marker that the row did not exist then (`existed = 0`, values
-//! NULL). Triggers write it with `INSERT OR IGNORE`, so the first touch wins and later
-//! writes to the same row cost one failed lookup. Because the triggers are ordinary SQL
+//! NULL). Triggers write it only when no image is saved for the key yet, so the first touch wins and later
+//! writes to the same row cost one lookup. Because the triggers are ordinary SQL
 //! stored in the database, capture works for connections that never loaded the
 //! extension, and it commits or rolls back with the application's own transaction.
 //!
@@ -412,17 +412,43 @@ fn trigger_ddl(info: &TableInfo, id: i64) -> String {
     let table = quote(&info.name);
     let guard = "WHEN NOT EXISTS (SELECT 1 FROM pdb_apply_guard)";
     let shadow = format!("pdb_shadow_{id}");
-    let image = |prefix: &str| table_cols(info, &all, prefix);
-    let keys = |prefix: &str| table_cols(info, &pk, prefix);
     let col = |i: usize| quote(&info.columns[i].name);
+    let cols = |prefix: &str, which: &[usize]| table_cols(info, which, prefix);
+    // "No saved image for this key yet". Written as a probe, not as INSERT OR IGNORE:
+    // an outer INSERT OR REPLACE (or OR ABORT ...) overrides the conflict policy of
+    // every statement in a trigger, which would overwrite the first image or fail.
+    let unsaved = |prefix: &str| {
+        let eq: Vec<String> = pk
+            .iter()
+            .map(|&i| format!("s.c{} = {prefix}{}", i + 1, col(i)))
+            .collect();
+        format!(
+            "NOT EXISTS (SELECT 1 FROM {shadow} AS s WHERE {})",
+            eq.join(" AND ")
+        )
+    };
+    let save_image = |prefix: &str| {
+        format!(
+            "INSERT INTO {shadow}({}, existed) SELECT {}, 1 WHERE {};",
+            shadow_cols(&all),
+            cols(prefix, &all),
+            unsaved(prefix)
+        )
+    };
+    let save_marker = format!(
+        "INSERT INTO {shadow}({}, existed) SELECT {}, 0 WHERE {};",
+        shadow_cols(&pk),
+        cols("NEW.", &pk),
+        unsaved("NEW.")
+    );
 
     // Rows the write could replace: same key, or same values of a unique constraint.
     let mut probes = vec![pk.clone()];
     probes.extend(info.unique.iter().cloned());
     let conflicts = probes
         .iter()
-        .map(|cols| {
-            let eq: Vec<String> = cols
+        .map(|c| {
+            let eq: Vec<String> = c
                 .iter()
                 .map(|&i| format!("t.{} = NEW.{}", col(i), col(i)))
                 .collect();
@@ -431,9 +457,10 @@ fn trigger_ddl(info: &TableInfo, id: i64) -> String {
         .collect::<Vec<_>>()
         .join(" OR ");
     let save_conflicts = format!(
-        "INSERT OR IGNORE INTO {shadow}({all_c}, existed) SELECT {img}, 1 FROM {table} AS t WHERE {conflicts};",
-        all_c = shadow_cols(&all),
-        img = image("t."),
+        "INSERT INTO {shadow}({}, existed) SELECT {}, 1 FROM {table} AS t WHERE ({conflicts}) AND {};",
+        shadow_cols(&all),
+        cols("t.", &all),
+        unsaved("t.")
     );
     let mut watched: Vec<usize> = probes.concat();
     watched.sort_unstable();
@@ -443,28 +470,22 @@ fn trigger_ddl(info: &TableInfo, id: i64) -> String {
         .map(|&i| col(i))
         .collect::<Vec<_>>()
         .join(", ");
+    let pk_names = pk.iter().map(|&i| col(i)).collect::<Vec<_>>().join(", ");
     let key_changed = pk
         .iter()
         .map(|&i| format!("NEW.{c} IS NOT OLD.{c}", c = col(i)))
         .collect::<Vec<_>>()
         .join(" OR ");
+    let save_old = save_image("OLD.");
 
     format!(
         "CREATE TRIGGER main.pdb_{id}_bi BEFORE INSERT ON {table} {guard} BEGIN {save_conflicts} END;
 CREATE TRIGGER main.pdb_{id}_bu BEFORE UPDATE OF {watched} ON {table} {guard} BEGIN {save_conflicts} END;
-CREATE TRIGGER main.pdb_{id}_ai AFTER INSERT ON {table} {guard} BEGIN
-  INSERT OR IGNORE INTO {shadow}({pk_c}, existed) VALUES ({new_keys}, 0); END;
-CREATE TRIGGER main.pdb_{id}_au AFTER UPDATE ON {table} {guard} BEGIN
-  INSERT OR IGNORE INTO {shadow}({all_c}, existed) VALUES ({old_image}, 1); END;
-CREATE TRIGGER main.pdb_{id}_ak AFTER UPDATE OF {pk_names} ON {table} {guard} AND ({key_changed}) BEGIN
-  INSERT OR IGNORE INTO {shadow}({pk_c}, existed) VALUES ({new_keys}, 0); END;
-CREATE TRIGGER main.pdb_{id}_ad AFTER DELETE ON {table} {guard} BEGIN
-  INSERT OR IGNORE INTO {shadow}({all_c}, existed) VALUES ({old_image}, 1); END;",
-        pk_c = shadow_cols(&pk),
-        all_c = shadow_cols(&all),
-        new_keys = keys("NEW."),
-        old_image = image("OLD."),
-        pk_names = pk.iter().map(|&i| col(i)).collect::<Vec<_>>().join(", "),
+CREATE TRIGGER main.pdb_{id}_ai AFTER INSERT ON {table} {guard} BEGIN {save_marker} END;
+CREATE TRIGGER main.pdb_{id}_au AFTER UPDATE ON {table} {guard} BEGIN {save_old} END;
+CREATE TRIGGER main.pdb_{id}_ak AFTER UPDATE OF {pk_names} ON {table} {guard} AND ({key_changed})
+  BEGIN {save_marker} END;
+CREATE TRIGGER main.pdb_{id}_ad AFTER DELETE ON {table} {guard} BEGIN {save_old} END;"
     )
 }
 
