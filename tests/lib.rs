@@ -119,7 +119,9 @@ pub fn change_set(blob: &[u8]) -> (BTreeMap<String, Vec<u8>>, Vec<ChangeKey>) {
 /// Rewrites a changeset in canonical order (DESIGN §3), independently of the client's
 /// own encoder: tables by name bytes, changes by their PK fields in column order.
 pub fn canonical(blob: &[u8]) -> Vec<u8> {
-    let mut tables: BTreeMap<String, (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)> = BTreeMap::new();
+    /// (sort key, encoded change) pairs of one table.
+    type Changes = Vec<(Vec<u8>, Vec<u8>)>;
+    let mut tables: BTreeMap<String, (Vec<u8>, Changes)> = BTreeMap::new();
     for (h, changes) in changeset::parse(blob).expect("changeset parses") {
         let entry = tables
             .entry(h.name.to_string())
@@ -151,23 +153,22 @@ pub fn pending(conn: &Connection) -> Vec<u8> {
 }
 
 /// Applies `blob` with the real session extension (`sqlite3changeset_apply_strm`),
-/// answering every conflict with `action`.
-pub fn session_apply(
-    conn: &Connection,
-    blob: &[u8],
-    action: rusqlite::session::ConflictAction,
-) -> rusqlite::Result<()> {
-    use rusqlite::session::ConflictAction as A;
+/// answering conflicts as `pdb_apply`'s policy of that name does: `abort` aborts on
+/// everything; `replace` replaces DATA and CONFLICT, omits NOTFOUND, aborts otherwise;
+/// `skip` omits everything.
+pub fn session_apply(conn: &Connection, blob: &[u8], policy: &str) -> rusqlite::Result<()> {
+    use rusqlite::session::{ConflictAction as A, ConflictType as T};
+    let policy = policy.to_string();
     let mut input: &[u8] = blob;
-    // ConflictAction is not Copy; re-create it per call.
-    let code = action as i32;
-    conn.apply_strm(
-        &mut input,
-        None::<fn(&str) -> bool>,
-        move |_, _| match code {
-            c if c == A::SQLITE_CHANGESET_OMIT as i32 => A::SQLITE_CHANGESET_OMIT,
-            c if c == A::SQLITE_CHANGESET_REPLACE as i32 => A::SQLITE_CHANGESET_REPLACE,
-            _ => A::SQLITE_CHANGESET_ABORT,
-        },
-    )
+    conn.apply_strm(&mut input, None::<fn(&str) -> bool>, move |kind, _| match (
+        policy.as_str(),
+        kind,
+    ) {
+        ("skip", _) => A::SQLITE_CHANGESET_OMIT,
+        ("replace", T::SQLITE_CHANGESET_DATA | T::SQLITE_CHANGESET_CONFLICT) => {
+            A::SQLITE_CHANGESET_REPLACE
+        }
+        ("replace", T::SQLITE_CHANGESET_NOTFOUND) => A::SQLITE_CHANGESET_OMIT,
+        _ => A::SQLITE_CHANGESET_ABORT,
+    })
 }

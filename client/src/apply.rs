@@ -129,7 +129,13 @@ pub fn apply<D: Db>(db: &D, changeset: &[u8], policy: OnConflict) -> Result<Appl
         Some(Value::Integer(1))
     );
 
-    let result = transaction(db, "pdb_apply", || {
+    // Put the application's setting back however this ends (error or panic included);
+    // in autocommit mode the end of the transaction would reset it anyway.
+    let _restore = RestoreDefer {
+        db,
+        was_on: defer_fk,
+    };
+    transaction(db, "pdb_apply", || {
         if has_schema {
             db.execute_batch("INSERT OR REPLACE INTO pdb_apply_guard(active) VALUES (1)")?;
         }
@@ -138,9 +144,15 @@ pub fn apply<D: Db>(db: &D, changeset: &[u8], policy: OnConflict) -> Result<Appl
         let mut infos: HashMap<&str, TableInfo> = HashMap::new();
         for (header, changes) in &groups {
             if !infos.contains_key(header.name) {
-                infos.insert(header.name, target(db, header)?);
+                infos.insert(
+                    header.name,
+                    table_info(db, header.name).map_err(|e| not_a_target(header, e))?,
+                );
             }
             let info = &infos[header.name];
+            // Every header is checked, not just the first for a name: a changeset may
+            // name the same table again with another shape.
+            check_fit(info, header)?;
             let mut table = TableApply::new(db, info, header, shadows.get(&info.name).copied())?;
             table.run(changes, policy, &mut stats)?;
         }
@@ -150,23 +162,26 @@ pub fn apply<D: Db>(db: &D, changeset: &[u8], policy: OnConflict) -> Result<Appl
         if has_schema {
             db.execute_batch("DELETE FROM pdb_apply_guard")?;
         }
-        restore_defer(db, defer_fk)?;
         Ok(stats)
-    });
-    if result.is_err() {
-        // The rollback already undid the pragma in autocommit mode; inside the
-        // application's transaction it must be put back by hand. The apply error wins.
-        let _ = restore_defer(db, defer_fk);
-    }
-    result
+    })
 }
 
-fn restore_defer<D: Db>(db: &D, was_on: bool) -> Result<(), DbError> {
-    db.execute_batch(if was_on {
-        "PRAGMA defer_foreign_keys = ON"
-    } else {
-        "PRAGMA defer_foreign_keys = OFF"
-    })
+/// Restores `PRAGMA defer_foreign_keys` when dropped.
+struct RestoreDefer<'a, D: Db> {
+    db: &'a D,
+    was_on: bool,
+}
+
+impl<D: Db> Drop for RestoreDefer<'_, D> {
+    fn drop(&mut self) {
+        let sql = if self.was_on {
+            "PRAGMA defer_foreign_keys = ON"
+        } else {
+            "PRAGMA defer_foreign_keys = OFF"
+        };
+        // Setting a pragma flag cannot fail on a live connection; nothing to report.
+        let _ = self.db.execute_batch(sql);
+    }
 }
 
 fn tracked_ids<D: Db>(db: &D) -> Result<HashMap<String, i64>, Error> {
@@ -181,14 +196,17 @@ fn tracked_ids<D: Db>(db: &D) -> Result<HashMap<String, i64>, Error> {
     Ok(out)
 }
 
-/// The table a header names, checked to fit it.
-fn target<D: Db>(db: &D, header: &TableHeader<'_>) -> Result<TableInfo, Error> {
-    let info = table_info(db, header.name).map_err(|e| match e {
+fn not_a_target(header: &TableHeader<'_>, e: Error) -> Error {
+    match e {
         Error::Table(msg) => {
             Error::Schema(format!("changeset names table \"{}\": {msg}", header.name))
         }
         e => e,
-    })?;
+    }
+}
+
+/// Checks that a table can take the changes of a header.
+fn check_fit(info: &TableInfo, header: &TableHeader<'_>) -> Result<(), Error> {
     let n = header.n_col();
     let fits = info.columns.len() >= n
         && info.columns.iter().enumerate().all(|(i, c)| {
@@ -208,7 +226,7 @@ fn target<D: Db>(db: &D, header: &TableHeader<'_>) -> Result<TableInfo, Error> {
             flags(&mut info.columns.iter().map(|c| c.pk)),
         )));
     }
-    Ok(info)
+    Ok(())
 }
 
 /// Prepared statements and state for applying one table group.

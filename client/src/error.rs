@@ -30,19 +30,21 @@ pub enum Error {
 
 impl Error {
     /// The SQLite result code this error should be reported with.
+    ///
+    /// Only `SQLITE_ERROR` and `SQLITE_CONSTRAINT` are reported for PersonalDB's own
+    /// errors. Codes with side effects are avoided on purpose: a function that returns
+    /// `SQLITE_CORRUPT` makes SQLite refuse further writes in the caller's transaction,
+    /// and `SQLITE_SCHEMA` makes `sqlite3_step` re-prepare and re-run the statement.
     pub fn sqlite_code(&self) -> i32 {
         const SQLITE_ERROR: i32 = 1;
-        const SQLITE_CONSTRAINT: i32 = 19;
-        const SQLITE_MISUSE: i32 = 21;
         const SQLITE_CORRUPT: i32 = 11;
         const SQLITE_SCHEMA: i32 = 17;
+        const SQLITE_CONSTRAINT: i32 = 19;
         match self {
+            Error::Db(e) if matches!(e.primary(), SQLITE_SCHEMA | SQLITE_CORRUPT) => SQLITE_ERROR,
             Error::Db(e) => e.code,
-            Error::Format(_) | Error::Concat(ConcatError::Format { .. }) => SQLITE_CORRUPT,
-            Error::Concat(ConcatError::Schema { .. }) | Error::Schema(_) => SQLITE_SCHEMA,
-            Error::Argument(_) => SQLITE_MISUSE,
-            Error::Table(_) => SQLITE_ERROR,
             Error::Conflict(_) => SQLITE_CONSTRAINT,
+            _ => SQLITE_ERROR,
         }
     }
 }

@@ -2,11 +2,14 @@
 //! loaded into rusqlite's SQLite.
 
 use pdb_tests::{canonical, dump, load, memory_with_pdb, pending, session_apply};
-use rusqlite::session::{ConflictAction, Session};
+use rusqlite::session::Session;
 use rusqlite::Connection;
 
-/// The pending changes as `(tbl, op, pk, old, new)` rows from `pdb_changeset_rows`.
-fn rows(conn: &Connection) -> Vec<(String, String, String, Option<String>, Option<String>)> {
+/// One decoded change: `(tbl, op, pk, old, new)`.
+type Row = (String, String, String, Option<String>, Option<String>);
+
+/// The pending changes as rows of `pdb_changeset_rows`.
+fn rows(conn: &Connection) -> Vec<Row> {
     let mut stmt = conn
         .prepare("SELECT tbl, op, pk, old, new FROM pdb_changeset_rows(pdb_changeset())")
         .unwrap();
@@ -24,7 +27,7 @@ fn row(
     pk: &str,
     old: Option<&str>,
     new: Option<&str>,
-) -> (String, String, String, Option<String>, Option<String>) {
+) -> Row {
     (
         t.into(),
         op.into(),
@@ -126,7 +129,7 @@ fn every_storage_class_survives_bit_for_bit() {
     other
         .execute_batch("CREATE TABLE v(id INTEGER PRIMARY KEY, x)")
         .unwrap();
-    session_apply(&other, &cs, ConflictAction::SQLITE_CHANGESET_ABORT).unwrap();
+    session_apply(&other, &cs, "abort").unwrap();
     assert_eq!(dump(&other, "v"), dump(&c, "v"));
     let neg_zero: f64 = other
         .query_row("SELECT x FROM v WHERE id = 3", [], |r| r.get(0))

@@ -29,12 +29,12 @@ pub fn invert(buf: &[u8]) -> Result<Vec<u8>, FormatError> {
                 }
                 Op::Update => {
                     out.begin(Op::Update, c.indirect);
-                    for i in 0..pk.len() {
-                        let f = if pk[i] != 0 { c.old[i] } else { c.new[i] };
-                        out.buf().extend_from_slice(f);
+                    for (i, &flag) in pk.iter().enumerate() {
+                        out.buf()
+                            .extend_from_slice(if flag != 0 { c.old[i] } else { c.new[i] });
                     }
-                    for i in 0..pk.len() {
-                        if pk[i] != 0 {
+                    for (i, &flag) in pk.iter().enumerate() {
+                        if flag != 0 {
                             out.buf().push(value::UNDEFINED);
                         } else {
                             out.buf().extend_from_slice(c.old[i]);

@@ -247,7 +247,9 @@ unsafe extern "C" fn function_trampoline(
                 "libpdb: internal error (panic: {}); nothing was changed",
                 panic_message(&*panic)
             ),
-            SQLITE_INTERNAL,
+            // SQLITE_ERROR, not SQLITE_INTERNAL: hosts report it as an ordinary
+            // operational error (Python's OperationalError) that callers already handle.
+            SQLITE_ERROR,
         ),
     }
 }
