@@ -21,13 +21,7 @@ fn rows(conn: &Connection) -> Vec<Row> {
     .unwrap()
 }
 
-fn row(
-    t: &str,
-    op: &str,
-    pk: &str,
-    old: Option<&str>,
-    new: Option<&str>,
-) -> Row {
+fn row(t: &str, op: &str, pk: &str, old: Option<&str>, new: Option<&str>) -> Row {
     (
         t.into(),
         op.into(),
