@@ -3,8 +3,9 @@
 //! For a tracked table with id `N`, `pdb_shadow_N` holds, for every row touched since
 //! the last local commit, the row's **original image**: its values at the last commit
 //! (`existed = 1`), or a marker that the row did not exist then (`existed = 0`, values
-//! NULL). Triggers write it only when no image is saved for the key yet, so the first touch wins and later
-//! writes to the same row cost one lookup. Because the triggers are ordinary SQL
+//! NULL). Triggers write it with an UPSERT that does nothing when an image is already
+//! saved for the key, so the first touch wins and later writes to the same row cost one
+//! index lookup. Because the triggers are ordinary SQL
 //! stored in the database, capture works for connections that never loaded the
 //! extension, and it commits or rolls back with the application's own transaction.
 //!
@@ -273,6 +274,8 @@ fn diff_table<D: Db>(db: &D, t: &Tracked, out: &mut Writer) -> Result<(), Error>
         .iter()
         .map(|&i| format!("t.{} = s.c{}", quote(&info.columns[i].name), i + 1))
         .collect();
+    // Walking the shadow in key order (its UNIQUE index) makes the probes into the
+    // table sequential, and leaves little for the canonical sort below to move.
     let sql = format!(
         "SELECT s.existed, {orig}, {cur}, t.{first_pk} IS NOT NULL FROM {shadow} AS s \
          LEFT JOIN main.{table} AS t ON {on}",
@@ -287,68 +290,70 @@ fn diff_table<D: Db>(db: &D, t: &Tracked, out: &mut Writer) -> Result<(), Error>
         table = quote(&info.name),
         on = on.join(" AND "),
     );
-    // (sort key, encoded change) per row; sorted below into canonical order.
-    let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    // Every change is encoded into one arena, its sort key right before it; `spans`
+    // holds (key start, change start, change end). One allocation for all rows.
+    let mut arena: Vec<u8> = Vec::new();
+    let mut spans: Vec<(usize, usize, usize)> = Vec::new();
+    let mut changed = vec![false; n];
     let mut stmt = db.prepare(&sql)?;
     stmt.query(&mut |row| {
         let existed = matches!(row[0], ValueRef::Integer(1));
         let orig = &row[1..=n];
         let cur = &row[n + 1..=2 * n];
         let exists = matches!(row[2 * n + 1], ValueRef::Integer(1));
-        let mut buf = Vec::new();
-        let key_src = match (existed, exists) {
+        let (op, key_src) = match (existed, exists) {
             (false, false) => return Ok(()),
-            (false, true) => {
-                buf.extend_from_slice(&[Op::Insert.byte(), 0]);
-                cur.iter().for_each(|v| v.encode(&mut buf));
-                cur
-            }
-            (true, false) => {
-                buf.extend_from_slice(&[Op::Delete.byte(), 0]);
-                orig.iter().for_each(|v| v.encode(&mut buf));
-                orig
-            }
+            (false, true) => (Op::Insert, cur),
+            (true, false) => (Op::Delete, orig),
             (true, true) => {
-                let changed: Vec<bool> = (0..n)
-                    .map(|i| pk[i] == 0 && !same(orig[i], cur[i]))
-                    .collect();
+                for i in 0..n {
+                    changed[i] = pk[i] == 0 && !same(orig[i], cur[i]);
+                }
                 if !changed.contains(&true) {
                     return Ok(());
                 }
-                buf.extend_from_slice(&[Op::Update.byte(), 0]);
+                (Op::Update, orig)
+            }
+        };
+        let key_start = arena.len();
+        for i in 0..n {
+            if pk[i] != 0 {
+                key_src[i].encode(&mut arena);
+            }
+        }
+        let start = arena.len();
+        arena.extend_from_slice(&[op.byte(), 0]);
+        match op {
+            Op::Insert => cur.iter().for_each(|v| v.encode(&mut arena)),
+            Op::Delete => orig.iter().for_each(|v| v.encode(&mut arena)),
+            Op::Update => {
                 for i in 0..n {
                     if pk[i] != 0 || changed[i] {
-                        orig[i].encode(&mut buf);
+                        orig[i].encode(&mut arena);
                     } else {
-                        buf.push(crate::value::UNDEFINED);
+                        arena.push(crate::value::UNDEFINED);
                     }
                 }
                 for i in 0..n {
                     if changed[i] {
-                        cur[i].encode(&mut buf);
+                        cur[i].encode(&mut arena);
                     } else {
-                        buf.push(crate::value::UNDEFINED);
+                        arena.push(crate::value::UNDEFINED);
                     }
                 }
-                orig
-            }
-        };
-        let mut key = Vec::new();
-        for i in 0..n {
-            if pk[i] != 0 {
-                key_src[i].encode(&mut key);
             }
         }
-        rows.push((key, buf));
+        spans.push((key_start, start, arena.len()));
         Ok(())
     })?;
-    if rows.is_empty() {
+    if spans.is_empty() {
         return Ok(());
     }
-    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    spans.sort_by(|a, b| arena[a.0..a.1].cmp(&arena[b.0..b.1]));
     out.table(&info.name, &pk);
-    for (_, change) in rows {
-        out.buf().extend_from_slice(&change);
+    out.buf().reserve(arena.len());
+    for (_, start, end) in spans {
+        out.buf().extend_from_slice(&arena[start..end]);
     }
     Ok(())
 }
@@ -367,34 +372,21 @@ fn table_cols(info: &TableInfo, cols: &[usize], prefix: &str) -> String {
         .join(", ")
 }
 
-/// Shadow columns carry no type, so values are kept exactly as stored (no affinity).
+/// The shadow table is a log in arrival order (`seq`) with a UNIQUE index on the key:
+/// saved images are appended to the end of the table's B-tree, and only the small index
+/// takes the application's (often random) key order. Keyed by the row's key directly,
+/// every saved 200-byte image would split pages all over a second copy of the table.
+/// Columns carry no declared type, so values keep their storage class exactly.
 fn shadow_ddl(info: &TableInfo, id: i64) -> String {
-    let n = info.columns.len();
-    if info.integer_pk {
-        let pk = info.pk_columns()[0];
-        let cols: Vec<String> = (0..n)
-            .map(|i| {
-                if i == pk {
-                    format!("c{} INTEGER PRIMARY KEY", i + 1)
-                } else {
-                    format!("c{}", i + 1)
-                }
-            })
-            .collect();
-        format!(
-            "CREATE TABLE {}({}, existed INTEGER NOT NULL)",
-            shadow(id),
-            cols.join(", ")
-        )
-    } else {
-        let cols: Vec<String> = (0..n).map(|i| format!("c{}", i + 1)).collect();
-        format!(
-            "CREATE TABLE {}({}, existed INTEGER NOT NULL, PRIMARY KEY({})) WITHOUT ROWID",
-            shadow(id),
-            cols.join(", "),
-            shadow_cols(&info.pk_columns())
-        )
-    }
+    let cols: Vec<String> = (0..info.columns.len())
+        .map(|i| format!("c{}", i + 1))
+        .collect();
+    format!(
+        "CREATE TABLE {}(seq INTEGER PRIMARY KEY, {}, existed INTEGER NOT NULL, UNIQUE({}))",
+        shadow(id),
+        cols.join(", "),
+        shadow_cols(&info.pk_columns())
+    )
 }
 
 fn drop_triggers(id: i64) -> String {
@@ -414,32 +406,20 @@ fn trigger_ddl(info: &TableInfo, id: i64) -> String {
     let shadow = format!("pdb_shadow_{id}");
     let col = |i: usize| quote(&info.columns[i].name);
     let cols = |prefix: &str, which: &[usize]| table_cols(info, which, prefix);
-    // "No saved image for this key yet". Written as a probe, not as INSERT OR IGNORE:
-    // an outer INSERT OR REPLACE (or OR ABORT ...) overrides the conflict policy of
-    // every statement in a trigger, which would overwrite the first image or fail.
-    let unsaved = |prefix: &str| {
-        let eq: Vec<String> = pk
-            .iter()
-            .map(|&i| format!("s.c{} = {prefix}{}", i + 1, col(i)))
-            .collect();
-        format!(
-            "NOT EXISTS (SELECT 1 FROM {shadow} AS s WHERE {})",
-            eq.join(" AND ")
-        )
-    };
-    let save_image = |prefix: &str| {
-        format!(
-            "INSERT INTO {shadow}({}, existed) SELECT {}, 1 WHERE {};",
-            shadow_cols(&all),
-            cols(prefix, &all),
-            unsaved(prefix)
-        )
-    };
+    // First image wins through the UNIQUE key index and an UPSERT. Not INSERT OR IGNORE:
+    // an explicit conflict clause on the application's statement (INSERT OR REPLACE,
+    // UPDATE OR ABORT) overrides the OR-policy of every statement in a trigger, and
+    // would overwrite the first image or fail the write; an UPSERT is not overridden.
+    let keep_first = format!("ON CONFLICT({}) DO NOTHING", shadow_cols(&pk));
+    let save_old = format!(
+        "INSERT INTO {shadow}({}, existed) VALUES ({}, 1) {keep_first};",
+        shadow_cols(&all),
+        cols("OLD.", &all)
+    );
     let save_marker = format!(
-        "INSERT INTO {shadow}({}, existed) SELECT {}, 0 WHERE {};",
+        "INSERT INTO {shadow}({}, existed) VALUES ({}, 0) {keep_first};",
         shadow_cols(&pk),
-        cols("NEW.", &pk),
-        unsaved("NEW.")
+        cols("NEW.", &pk)
     );
 
     // Rows the write could replace: same key, or same values of a unique constraint.
@@ -457,10 +437,9 @@ fn trigger_ddl(info: &TableInfo, id: i64) -> String {
         .collect::<Vec<_>>()
         .join(" OR ");
     let save_conflicts = format!(
-        "INSERT INTO {shadow}({}, existed) SELECT {}, 1 FROM {table} AS t WHERE ({conflicts}) AND {};",
+        "INSERT INTO {shadow}({}, existed) SELECT {}, 1 FROM {table} AS t WHERE {conflicts} {keep_first};",
         shadow_cols(&all),
         cols("t.", &all),
-        unsaved("t.")
     );
     let mut watched: Vec<usize> = probes.concat();
     watched.sort_unstable();
@@ -476,7 +455,6 @@ fn trigger_ddl(info: &TableInfo, id: i64) -> String {
         .map(|&i| format!("NEW.{c} IS NOT OLD.{c}", c = col(i)))
         .collect::<Vec<_>>()
         .join(" OR ");
-    let save_old = save_image("OLD.");
 
     format!(
         "CREATE TRIGGER main.pdb_{id}_bi BEFORE INSERT ON {table} {guard} BEGIN {save_conflicts} END;

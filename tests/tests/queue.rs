@@ -2,8 +2,11 @@
 
 use pdb_tests::{memory_with_pdb, pending};
 
+/// A column as the schema hash sees it: name, declared type, PK position, NOT NULL.
+type Col<'a> = (&'a str, &'a str, u8, bool);
+
 /// The schema hash of DESIGN §4, computed here independently of the client.
-fn expected_schema_hash(tables: &[(&str, &[(&str, &str, u8, bool)])]) -> String {
+fn expected_schema_hash(tables: &[(&str, &[Col<'_>])]) -> String {
     fn put(out: &mut Vec<u8>, s: &str) {
         out.extend_from_slice(&(s.len() as u16).to_be_bytes());
         out.extend_from_slice(s.as_bytes());
