@@ -274,33 +274,87 @@ fn diff_table<D: Db>(db: &D, t: &Tracked, out: &mut Writer) -> Result<(), Error>
         .iter()
         .map(|&i| format!("t.{} = s.c{}", quote(&info.columns[i].name), i + 1))
         .collect();
-    // Walking the shadow in key order (its UNIQUE index) makes the probes into the
-    // table sequential, and leaves little for the canonical sort below to move.
-    let sql = format!(
-        "SELECT s.existed, {orig}, {cur}, t.{first_pk} IS NOT NULL FROM {shadow} AS s \
-         LEFT JOIN main.{table} AS t ON {on}",
-        orig = all
-            .iter()
-            .map(|i| format!("s.c{}", i + 1))
-            .collect::<Vec<_>>()
-            .join(", "),
+    // Two passes, so that neither table is read in random order. Pass 1 walks the
+    // shadow's UNIQUE key index (covering: key and seq), so the probes into the table
+    // go in key order, and keeps each current row encoded. Pass 2 reads the saved
+    // images in log order and pairs them with pass 1 by seq. Read in one join, either
+    // the table or the shadow is probed in random order, which costs a B-tree descent
+    // with cold CPU caches per row (2-3x the whole commit for large random updates).
+    let pass1 = format!(
+        "SELECT s.seq, t.{first_pk} IS NOT NULL, {cur} FROM {shadow} AS s \
+         LEFT JOIN main.{table} AS t ON {on} ORDER BY {keys}",
         cur = table_cols(info, &all, "t."),
         first_pk = quote(&info.columns[pk_cols[0]].name),
         shadow = shadow(t.id),
         table = quote(&info.name),
         on = on.join(" AND "),
+        keys = pk_cols
+            .iter()
+            .map(|i| format!("s.c{}", i + 1))
+            .collect::<Vec<_>>()
+            .join(", "),
     );
+    // (seq, row exists now, start, end) of each current row encoded in `current`.
+    let mut current: Vec<u8> = Vec::new();
+    let mut rows: Vec<(i64, bool, usize, usize)> = Vec::new();
+    {
+        let mut stmt = db.prepare(&pass1)?;
+        stmt.query(&mut |row| {
+            let ValueRef::Integer(seq) = row[0] else {
+                return Ok(());
+            };
+            let exists = matches!(row[1], ValueRef::Integer(1));
+            let start = current.len();
+            if exists {
+                row[2..].iter().for_each(|v| v.encode(&mut current));
+            }
+            rows.push((seq, exists, start, current.len()));
+            Ok(())
+        })?;
+    }
+    rows.sort_unstable_by_key(|r| r.0);
+    let pass2 = format!(
+        "SELECT seq, existed, {orig} FROM {shadow} ORDER BY seq",
+        orig = all
+            .iter()
+            .map(|i| format!("c{}", i + 1))
+            .collect::<Vec<_>>()
+            .join(", "),
+        shadow = shadow(t.id),
+    );
+
     // Every change is encoded into one arena, its sort key right before it; `spans`
     // holds (key start, change start, change end). One allocation for all rows.
     let mut arena: Vec<u8> = Vec::new();
     let mut spans: Vec<(usize, usize, usize)> = Vec::new();
     let mut changed = vec![false; n];
-    let mut stmt = db.prepare(&sql)?;
+    let mut cur: Vec<ValueRef<'_>> = Vec::with_capacity(n);
+    let mut next = 0;
+    let mut stmt = db.prepare(&pass2)?;
     stmt.query(&mut |row| {
-        let existed = matches!(row[0], ValueRef::Integer(1));
-        let orig = &row[1..=n];
-        let cur = &row[n + 1..=2 * n];
-        let exists = matches!(row[2 * n + 1], ValueRef::Integer(1));
+        let ValueRef::Integer(seq) = row[0] else {
+            return Ok(());
+        };
+        let existed = matches!(row[1], ValueRef::Integer(1));
+        let orig = &row[2..2 + n];
+        // Both passes saw the same shadow rows inside one transaction.
+        while next < rows.len() && rows[next].0 < seq {
+            next += 1;
+        }
+        let Some(&(_, exists, start, end)) = rows.get(next).filter(|r| r.0 == seq) else {
+            return Err(Error::Table(format!(
+                "shadow of \"{}\" changed during pdb_commit",
+                info.name
+            )));
+        };
+        cur.clear();
+        let mut fields = &current[start..end];
+        while !fields.is_empty() {
+            let len = crate::value::field_len(fields);
+            cur.push(crate::value::decode_field(&fields[..len]).unwrap_or(ValueRef::Null));
+            fields = &fields[len..];
+        }
+        let cur = &cur[..];
         let (op, key_src) = match (existed, exists) {
             (false, false) => return Ok(()),
             (false, true) => (Op::Insert, cur),

@@ -145,3 +145,16 @@ pub fn decode_field(field: &[u8]) -> Option<ValueRef<'_>> {
         _ => None,
     }
 }
+
+/// Length of the encoded field at the start of `buf` (1 for a truncated one, so that a
+/// caller stepping through a buffer always advances).
+pub fn field_len(buf: &[u8]) -> usize {
+    match buf.first() {
+        Some(&INTEGER | &REAL) => 9.min(buf.len()),
+        Some(&TEXT | &BLOB) => match varint::read(&buf[1..]) {
+            Some((len, n)) => (1 + n).saturating_add(len as usize).min(buf.len()),
+            None => buf.len(),
+        },
+        _ => 1,
+    }
+}
