@@ -21,5 +21,8 @@ echo "== Python host (Debian's python3 and SQLite 3.40)"
 echo "== sqlite3 CLI host (Debian's sqlite3 3.40, its .session command as reference)"
 bash tests/cli/test_cli.sh
 
+echo "== oldest supported host: SQLite 3.37.0"
+cargo run -q --manifest-path tests/hosts/sqlite-3.37/Cargo.toml
+
 echo "== fuzz (brief)"
 bash scripts/fuzz-quick.sh "${PDB_FUZZ_SECONDS:-20}"
