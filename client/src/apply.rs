@@ -351,6 +351,10 @@ impl<'d, 'i, D: Db + 'd> TableApply<'d, 'i, D> {
         stats: &mut ApplyStats,
     ) -> Result<Outcome, Error> {
         let key: Vec<ValueRef<'_>> = self.pk.iter().map(|&i| field(c.key_record()[i])).collect();
+        let stored_key = match (self.shadow, c.op) {
+            (Some(_), Op::Delete) => self.stored_key(&key)?,
+            _ => None,
+        };
         let result = match c.op {
             Op::Delete => self.delete(c, &key, policy),
             Op::Update => self.update(c, &key, policy),
@@ -368,7 +372,7 @@ impl<'d, 'i, D: Db + 'd> TableApply<'d, 'i, D> {
             Outcome::ConstraintFailed => return Ok(outcome),
         }
         if outcome != Outcome::Skipped {
-            self.carry_forward(c, &key)?;
+            self.carry_forward(c, &key, stored_key)?;
         }
         Ok(outcome)
     }
@@ -430,6 +434,14 @@ impl<'d, 'i, D: Db + 'd> TableApply<'d, 'i, D> {
             .map(|(j, &i)| format!("{} = ?{}", self.col(i), k + j + 1))
             .collect();
         let table = quote(&self.info.name);
+        // An UPDATE that sets nothing is a no-op that still checks its old values, as
+        // in the session extension; SQL needs at least one assignment.
+        let set = if set.is_empty() {
+            let c = self.col(self.pk[0]);
+            vec![format!("{c} = {c}")]
+        } else {
+            set
+        };
         let forced = format!(
             "UPDATE main.{table} SET {} WHERE {}",
             set.join(", "),
@@ -534,31 +546,70 @@ impl<'d, 'i, D: Db + 'd> TableApply<'d, 'i, D> {
 
     /// Moves the saved original image of a row with local edits forward by the applied
     /// change, so the pending diff keeps showing only the local edits.
-    fn carry_forward(&mut self, c: &Change<'_>, key: &[ValueRef<'_>]) -> Result<(), Error> {
+    fn carry_forward(
+        &mut self,
+        c: &Change<'_>,
+        key: &[ValueRef<'_>],
+        stored_key: Option<Vec<Value>>,
+    ) -> Result<(), Error> {
         let Some(id) = self.shadow else { return Ok(()) };
-        let k = key.len();
-        let key_where = self
+        let shadow_key: Vec<String> = self.pk.iter().map(|&i| format!("c{}", i + 1)).collect();
+        if c.op == Op::Delete {
+            // The key as the table stored it, read before the delete: the changeset may
+            // spell it differently (TEXT '1' for INTEGER 1) and the shadow has no affinity.
+            let Some(stored) = stored_key else {
+                return Ok(());
+            };
+            let cond: Vec<String> = shadow_key
+                .iter()
+                .enumerate()
+                .map(|(j, c)| format!("{c} = ?{}", j + 1))
+                .collect();
+            let sql = format!(
+                "UPDATE main.pdb_shadow_{id} SET existed = 0 WHERE {}",
+                cond.join(" AND ")
+            );
+            let params: Vec<ValueRef<'_>> = stored.iter().map(Value::as_ref).collect();
+            self.exec(sql, &params)?;
+            return Ok(());
+        }
+        // Values are copied from the table row as stored (its column affinities
+        // applied), not from the changeset, so the saved image equals what a local
+        // reader of the table would have seen.
+        let cols: Vec<usize> = match c.op {
+            Op::Update => (0..self.n).filter(|&i| defined(c.new[i])).collect(),
+            _ => (0..self.n).collect(),
+        };
+        let table = quote(&self.info.name);
+        // Qualified: user columns may be named like the shadow's (c1, seq, existed).
+        let key_where: String = self
             .pk
             .iter()
             .enumerate()
-            .map(|(j, &i)| format!("c{} = ?{}", i + 1, j + 1))
+            .map(|(j, &i)| format!("t.{} = ?{}", self.col(i), j + 1))
             .collect::<Vec<_>>()
             .join(" AND ");
-        let (cols, rec): (Vec<usize>, &[&[u8]]) = match c.op {
-            Op::Insert => ((0..self.n).collect(), &c.new),
-            Op::Delete => (Vec::new(), &c.old),
-            Op::Update => ((0..self.n).filter(|&i| defined(c.new[i])).collect(), &c.new),
-        };
-        let mut set: Vec<String> = match c.op {
-            Op::Insert => vec!["existed = 1".into()],
-            Op::Delete => vec!["existed = 0".into()],
-            Op::Update => Vec::new(),
-        };
-        set.extend(
-            cols.iter()
-                .enumerate()
-                .map(|(j, &i)| format!("c{} = ?{}", i + 1, k + j + 1)),
-        );
+        let t_cols: Vec<String> = cols.iter().map(|&i| format!("t.{}", self.col(i))).collect();
+        let s_cols: Vec<String> = cols.iter().map(|i| format!("c{}", i + 1)).collect();
+        let t_key: Vec<String> = self
+            .pk
+            .iter()
+            .map(|&i| format!("t.{}", self.col(i)))
+            .collect();
+        let mut set = Vec::new();
+        if c.op == Op::Insert {
+            set.push("existed = 1".to_string());
+        }
+        if !cols.is_empty() {
+            set.push(format!(
+                "({}) = (SELECT {} FROM main.{table} AS t WHERE {key_where})",
+                s_cols.join(", "),
+                t_cols.join(", ")
+            ));
+        }
+        if set.is_empty() {
+            return Ok(());
+        }
         // A row saved as "did not exist" has no image for an UPDATE to move forward.
         let guard = if c.op == Op::Update {
             " AND existed = 1"
@@ -566,13 +617,36 @@ impl<'d, 'i, D: Db + 'd> TableApply<'d, 'i, D> {
             ""
         };
         let sql = format!(
-            "UPDATE main.pdb_shadow_{id} SET {} WHERE {key_where}{guard}",
-            set.join(", ")
+            "UPDATE main.pdb_shadow_{id} SET {} WHERE ({}) IN (SELECT {} FROM main.{table} AS t WHERE {key_where}){guard}",
+            set.join(", "),
+            shadow_key.join(", "),
+            t_key.join(", "),
         );
-        let mut params = key.to_vec();
-        params.extend(cols.iter().map(|&i| field(rec[i])));
-        self.exec(sql, &params)?;
+        self.exec(sql, key)?;
         Ok(())
+    }
+
+    /// The key of the row matching `key` as the table stores it, if there is one.
+    fn stored_key(&mut self, key: &[ValueRef<'_>]) -> Result<Option<Vec<Value>>, Error> {
+        let cols: Vec<String> = self.pk.iter().map(|&i| self.col(i)).collect();
+        let sql = format!(
+            "SELECT {} FROM main.{} WHERE {}",
+            cols.join(", "),
+            quote(&self.info.name),
+            self.key_where(1)
+        );
+        if !self.stmts.contains_key(&sql) {
+            let stmt = self.db.prepare(&sql)?;
+            self.stmts.insert(sql.clone(), stmt);
+        }
+        let stmt = self.stmts.get_mut(&sql).expect("inserted above");
+        stmt.bind_all(key)?;
+        let mut found = None;
+        stmt.query(&mut |row| {
+            found = Some(row.iter().map(|v| ValueRef::to_owned(*v)).collect());
+            Ok(())
+        })?;
+        Ok(found)
     }
 }
 

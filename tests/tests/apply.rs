@@ -198,3 +198,97 @@ fn local_edits_stay_pending_across_an_applied_remote_change() {
         "only the local edit is pending; the remote u = 100 is the new base"
     );
 }
+
+/// The decoded pending changes as `(op, old, new)`.
+fn pending_rows(c: &Connection) -> Vec<(String, Option<String>, Option<String>)> {
+    c.prepare("SELECT op, old, new FROM pdb_changeset_rows(pdb_changeset())")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Found by the apply fuzz target: UPDATE records with no new value are no-ops that
+/// still check their old values, as in `sqlite3changeset_apply`.
+#[test]
+fn an_update_that_sets_nothing_is_a_no_op() {
+    // T t [1,0] | UPDATE old (1, 'a') new (undef, undef)
+    let mut cs = vec![b'T', 2, 1, 0, b't', 0, 23, 0];
+    cs.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 1, 3, 1, b'a', 0, 0]);
+    let schema = "CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'a');";
+    let pdb = memory_with_pdb();
+    pdb.execute_batch(schema).unwrap();
+    let plain = Connection::open_in_memory().unwrap();
+    plain.execute_batch(schema).unwrap();
+    session_apply(&plain, &cs, "abort").unwrap();
+    let out: String = pdb
+        .query_row("SELECT pdb_apply(?1)", [&cs], |r| r.get(0))
+        .unwrap();
+    assert_eq!(out, r#"{"applied":1,"replaced":0,"skipped":0}"#);
+    assert_eq!(dump(&pdb, "t"), dump(&plain, "t"));
+}
+
+/// Found by the apply fuzz target: a remote change whose key or values the table
+/// converts by affinity must still move the saved image forward, so that it never
+/// shows up as a local edit.
+#[test]
+fn carried_forward_images_take_the_table_s_affinity() {
+    let pdb = memory_with_pdb();
+    pdb.execute_batch(
+        "CREATE TABLE w(id INTEGER PRIMARY KEY, v TEXT, b REAL, u);
+         INSERT INTO w VALUES (1, 'x', 1.0, 'base');
+         SELECT pdb_track('w'); SELECT pdb_commit();
+         UPDATE w SET u = 'local' WHERE id = 1;",
+    )
+    .unwrap();
+    // UPDATE w: key spelled TEXT '1'; v 'x' -> 'z'; b 1.0 -> INTEGER 2 (stored as 2.0).
+    let mut cs = vec![b'T', 4, 1, 0, 0, 0, b'w', 0, 23, 0];
+    cs.extend_from_slice(&[3, 1, b'1', 3, 1, b'x', 2, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0, 0]);
+    cs.extend_from_slice(&[0, 3, 1, b'z', 1, 0, 0, 0, 0, 0, 0, 0, 2, 0]);
+    let out: String = pdb
+        .query_row("SELECT pdb_apply(?1)", [&cs], |r| r.get(0))
+        .unwrap();
+    assert_eq!(out, r#"{"applied":1,"replaced":0,"skipped":0}"#);
+    let undef = r#"{"undefined":true}"#;
+    assert_eq!(
+        pending_rows(&pdb),
+        vec![(
+            "UPDATE".to_string(),
+            Some(format!(r#"[1,{undef},{undef},"base"]"#)),
+            Some(format!(r#"[{undef},{undef},{undef},"local"]"#)),
+        )],
+        "only the local edit is pending"
+    );
+    // A remote delete spelled with a TEXT key ends the local edit too.
+    let mut del = vec![b'T', 4, 1, 0, 0, 0, b'w', 0, 9, 0];
+    del.extend_from_slice(&[
+        3, 1, b'1', 3, 1, b'z', 2, 0x40, 0, 0, 0, 0, 0, 0, 0, 3, 5, b'l', b'o', b'c', b'a', b'l',
+    ]);
+    pdb.query_row("SELECT pdb_apply(?1)", [&del], |_| Ok(()))
+        .unwrap();
+    assert!(pending(&pdb).is_empty());
+}
+
+/// Found by the decode fuzz target: table names are case-insensitive in SQL, so an
+/// INSERT into `c` and a DELETE of the same row from `C` cancel out, as in SQLite's
+/// changegroup.
+#[test]
+fn concat_matches_table_names_case_insensitively() {
+    let ins = [
+        b'T', 2, 1, 0, b'c', 0, 18, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 3, 1, b'a',
+    ];
+    let del = [
+        b'T', 2, 1, 0, b'C', 0, 9, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 3, 1, b'a',
+    ];
+    let c = memory_with_pdb();
+    let out: Vec<u8> = c
+        .query_row("SELECT pdb_concat(?1, ?2)", [&ins[..], &del[..]], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(out.is_empty(), "{out:02x?}");
+    let mut theirs = Vec::new();
+    rusqlite::session::concat_strm(&mut &ins[..], &mut &del[..], &mut theirs).unwrap();
+    assert!(theirs.is_empty());
+}

@@ -35,24 +35,29 @@ type Rows<'a> = BTreeMap<Vec<u8>, Change<'a>>;
 /// impossible pairs (INSERT+INSERT, UPDATE+INSERT, DELETE+UPDATE, DELETE+DELETE) keep
 /// the first change.
 pub fn concat(a: &[u8], b: &[u8]) -> Result<Vec<u8>, ConcatError> {
-    let mut tables: BTreeMap<&str, (&[u8], Rows<'_>)> = BTreeMap::new();
+    // Keyed by the ASCII-lower-cased name: SQL table names are case-insensitive, as
+    // SQLite's changegroup treats them. The first spelling seen is the one written.
+    let mut tables: BTreeMap<String, (&str, &[u8], Rows<'_>)> = BTreeMap::new();
     for (which, buf) in [("first", a), ("second", b)] {
-        let mut current: Option<&str> = None;
+        let mut current: Option<String> = None;
         for item in Reader::new(buf) {
             match item.map_err(|source| ConcatError::Format { which, source })? {
                 Item::Table(h) => {
-                    let entry = tables.entry(h.name).or_insert((h.pk, BTreeMap::new()));
-                    if entry.0 != h.pk {
+                    let folded = h.name.to_ascii_lowercase();
+                    let entry =
+                        tables
+                            .entry(folded.clone())
+                            .or_insert((h.name, h.pk, BTreeMap::new()));
+                    if entry.1 != h.pk {
                         return Err(ConcatError::Schema {
                             table: h.name.to_string(),
                         });
                     }
-                    current = Some(h.name);
+                    current = Some(folded);
                 }
                 Item::Change(c) => {
-                    let (pk, rows) = tables
-                        .get_mut(current.expect("reader checks order"))
-                        .unwrap();
+                    let folded = current.as_ref().expect("reader checks order");
+                    let (_, pk, rows) = tables.get_mut(folded).expect("header seen");
                     let key = c.key(pk);
                     match rows.remove(&key) {
                         None => {
@@ -68,8 +73,10 @@ pub fn concat(a: &[u8], b: &[u8]) -> Result<Vec<u8>, ConcatError> {
             }
         }
     }
+    let mut groups: Vec<_> = tables.into_values().collect();
+    groups.sort_by(|x, y| x.0.as_bytes().cmp(y.0.as_bytes()));
     let mut out = Writer::new();
-    for (name, (pk, rows)) in &tables {
+    for (name, pk, rows) in &groups {
         if rows.is_empty() {
             continue;
         }
