@@ -578,7 +578,8 @@ impl<'d, 'i, D: Db + 'd> TableApply<'d, 'i, D> {
         // reader of the table would have seen.
         let cols: Vec<usize> = match c.op {
             Op::Update => (0..self.n).filter(|&i| defined(c.new[i])).collect(),
-            _ => (0..self.n).collect(),
+            // All of the table's columns: trailing ones the changeset lacks took defaults.
+            _ => (0..self.info.columns.len()).collect(),
         };
         let table = quote(&self.info.name);
         // Qualified: user columns may be named like the shadow's (c1, seq, existed).

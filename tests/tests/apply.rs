@@ -292,3 +292,30 @@ fn concat_matches_table_names_case_insensitively() {
     rusqlite::session::concat_strm(&mut &ins[..], &mut &del[..], &mut theirs).unwrap();
     assert!(theirs.is_empty());
 }
+
+/// Found by the apply fuzz target: an INSERT from a changeset with fewer columns than
+/// the table fills the rest with defaults, and the saved image of a row with local
+/// edits must take those defaults too.
+#[test]
+fn carried_forward_inserts_include_defaulted_trailing_columns() {
+    let pdb = memory_with_pdb();
+    pdb.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, a, b DEFAULT 'dflt', c DEFAULT 7);
+         SELECT pdb_track('t'); SELECT pdb_commit();
+         INSERT INTO t VALUES (3, 'local', 'x', 1); DELETE FROM t WHERE id = 3;",
+    )
+    .unwrap();
+    // T t [1,0] (two columns of four) | INSERT (3, 'r')
+    let cs = [
+        b'T', 2, 1, 0, b't', 0, 18, 0, 1, 0, 0, 0, 0, 0, 0, 0, 3, 3, 1, b'r',
+    ];
+    pdb.query_row("SELECT pdb_apply(?1)", [&cs[..]], |_| Ok(()))
+        .unwrap();
+    let row: (String, String, i64) = pdb
+        .query_row("SELECT a, b, c FROM t WHERE id = 3", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!(row, ("r".to_string(), "dflt".to_string(), 7));
+    assert!(pending(&pdb).is_empty(), "{:?}", pending_rows(&pdb));
+}
