@@ -287,15 +287,26 @@ impl<'d, 'i, D: Db + 'd> TableApply<'d, 'i, D> {
             quote(&self.info.name),
             self.key_where(1)
         );
+        Ok(self.first_row(sql, key)?.is_some())
+    }
+
+    /// Runs a query (prepared once per apply) and returns its first row.
+    fn first_row(
+        &mut self,
+        sql: String,
+        params: &[ValueRef<'_>],
+    ) -> Result<Option<Vec<Value>>, Error> {
         if !self.stmts.contains_key(&sql) {
             let stmt = self.db.prepare(&sql)?;
             self.stmts.insert(sql.clone(), stmt);
         }
         let stmt = self.stmts.get_mut(&sql).expect("inserted above");
-        stmt.bind_all(key)?;
-        let mut found = false;
-        stmt.query(&mut |_| {
-            found = true;
+        stmt.bind_all(params)?;
+        let mut found = None;
+        stmt.query(&mut |row| {
+            if found.is_none() {
+                found = Some(row.iter().map(|v| ValueRef::to_owned(*v)).collect());
+            }
             Ok(())
         })?;
         Ok(found)
@@ -636,18 +647,7 @@ impl<'d, 'i, D: Db + 'd> TableApply<'d, 'i, D> {
             quote(&self.info.name),
             self.key_where(1)
         );
-        if !self.stmts.contains_key(&sql) {
-            let stmt = self.db.prepare(&sql)?;
-            self.stmts.insert(sql.clone(), stmt);
-        }
-        let stmt = self.stmts.get_mut(&sql).expect("inserted above");
-        stmt.bind_all(key)?;
-        let mut found = None;
-        stmt.query(&mut |row| {
-            found = Some(row.iter().map(|v| ValueRef::to_owned(*v)).collect());
-            Ok(())
-        })?;
-        Ok(found)
+        self.first_row(sql, key)
     }
 }
 
