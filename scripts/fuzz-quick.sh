@@ -57,7 +57,14 @@ logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 summary=()
 failed=0
-for target in $(fuzz list); do
+# Assigned first so that a failing `cargo fuzz list` stops the script instead of
+# running nothing and passing.
+targets=$(fuzz list)
+if [[ -z $targets ]]; then
+    echo "fuzz-quick: cargo fuzz list found no targets" >&2
+    exit 1
+fi
+for target in $targets; do
     corpus=fuzz/corpus/$target
     artifacts=fuzz/artifacts/$target
     mkdir -p "$corpus" "$artifacts"
