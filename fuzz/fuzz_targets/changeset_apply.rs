@@ -162,7 +162,7 @@ fuzz_target!(|data: &[u8]| {
 
 impl State {
     fn new() -> State {
-        let template = Conn(open());
+        let template = open();
         template.execute_batch(BASE_SQL).expect("base.sql");
         for table in ["t", "w"] {
             capture::track(&template, table).expect("track");
@@ -170,7 +170,7 @@ impl State {
         queue::commit(&template, None).expect("commit the base state");
         template.execute_batch(LOCAL_SQL).expect("local.sql");
         let keys = Keys::new(&template);
-        let mut db = Conn(open());
+        let mut db = open();
         restore(&template, &mut db);
         let queries = dump_queries(&db);
         let base = dump(&db, &queries);
@@ -334,7 +334,7 @@ fn check_carried_forward(after: &Pending, named: &BTreeMap<RowKey, Vec<&Change<'
 
 fn restore(from: &Conn, to: &mut Conn) {
     // -1: every page in one step; nothing else uses these connections meanwhile.
-    let step = Backup::new(&from.0, &mut to.0).and_then(|b| b.step(-1));
+    let step = Backup::new(from, to).and_then(|b| b.step(-1));
     assert!(
         matches!(step, Ok(StepResult::Done)),
         "restore the template: {step:?}"
