@@ -1,5 +1,7 @@
 //! Inverting a changeset: the change that undoes it, with the session extension's
-//! semantics and order (a streaming rewrite, so input order is kept).
+//! semantics, order and bytes: headers and INSERT/DELETE records are copied as they
+//! are, UPDATE values are written afresh (so a value whose length varint was longer
+//! than needed comes out in the shortest form, as `sqlite3changeset_invert` does).
 
 use super::{FormatError, Item, Op, Reader, Writer};
 use crate::value;
@@ -13,7 +15,8 @@ pub fn invert(buf: &[u8]) -> Result<Vec<u8>, FormatError> {
         match item? {
             Item::Table(h) => {
                 pk = h.pk;
-                out.table(h.name, h.pk);
+                out.buf().push(b'T');
+                out.buf().extend_from_slice(h.raw);
             }
             Item::Change(c) => match c.op {
                 Op::Insert | Op::Delete => {
@@ -30,14 +33,13 @@ pub fn invert(buf: &[u8]) -> Result<Vec<u8>, FormatError> {
                 Op::Update => {
                     out.begin(Op::Update, c.indirect);
                     for (i, &flag) in pk.iter().enumerate() {
-                        out.buf()
-                            .extend_from_slice(if flag != 0 { c.old[i] } else { c.new[i] });
+                        put(out.buf(), if flag != 0 { c.old[i] } else { c.new[i] });
                     }
                     for (i, &flag) in pk.iter().enumerate() {
                         if flag != 0 {
                             out.buf().push(value::UNDEFINED);
                         } else {
-                            out.buf().extend_from_slice(c.old[i]);
+                            put(out.buf(), c.old[i]);
                         }
                     }
                 }
@@ -45,4 +47,12 @@ pub fn invert(buf: &[u8]) -> Result<Vec<u8>, FormatError> {
         }
     }
     Ok(out.finish())
+}
+
+/// Writes a field in its shortest encoding (undefined stays undefined).
+fn put(out: &mut Vec<u8>, field: &[u8]) {
+    match value::decode_field(field) {
+        Some(v) => v.encode(out),
+        None => out.push(value::UNDEFINED),
+    }
 }

@@ -87,6 +87,9 @@ pub struct TableHeader<'a> {
     pub name: &'a str,
     /// One flag per column: 0, or the column's 1-based position in the primary key.
     pub pk: &'a [u8],
+    /// The header's bytes after the `'T'`, exactly as read (its column count varint may
+    /// be longer than needed; `invert` copies headers verbatim, as SQLite does).
+    pub raw: &'a [u8],
 }
 
 impl TableHeader<'_> {

@@ -88,7 +88,11 @@ impl<'a> Reader<'a> {
         }
         self.pos += nul + 1;
         self.pk = Some(pk);
-        Ok(TableHeader { name, pk })
+        Ok(TableHeader {
+            name,
+            pk,
+            raw: &self.buf[start + 1..self.pos],
+        })
     }
 
     fn record(&mut self, n_col: usize) -> Result<Vec<&'a [u8]>, FormatError> {
