@@ -146,7 +146,7 @@ fn net_update<'a>(
     let mut o = Vec::with_capacity(pk.len());
     let mut n = Vec::with_capacity(pk.len());
     for i in 0..pk.len() {
-        let differs = old[i] != new[i];
+        let differs = !same_field(old[i], new[i]);
         changed |= differs && pk[i] == 0;
         o.push(if pk[i] != 0 || differs { old[i] } else { UNDEF });
         n.push(if pk[i] == 0 && differs { new[i] } else { UNDEF });
@@ -157,4 +157,21 @@ fn net_update<'a>(
         old: o,
         new: n,
     })
+}
+
+/// Whether two encoded fields hold the same value. Bytes decide, except that a length
+/// varint may be spelled longer than needed: such a field equals its shortest form.
+fn same_field(a: &[u8], b: &[u8]) -> bool {
+    if a == b {
+        return true;
+    }
+    match (value::decode_field(a), value::decode_field(b)) {
+        (Some(x), Some(y)) => {
+            let (mut ea, mut eb) = (Vec::new(), Vec::new());
+            x.encode(&mut ea);
+            y.encode(&mut eb);
+            ea == eb
+        }
+        _ => false,
+    }
 }

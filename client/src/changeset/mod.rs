@@ -81,7 +81,7 @@ impl Op {
 }
 
 /// A table header: name, column count and PK flags.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct TableHeader<'a> {
     /// Table name as stored in `sqlite_schema`.
     pub name: &'a str,
@@ -91,6 +91,16 @@ pub struct TableHeader<'a> {
     /// be longer than needed; `invert` copies headers verbatim, as SQLite does).
     pub raw: &'a [u8],
 }
+
+/// Headers are equal when they mean the same: the spelling of the varint in `raw` is
+/// not part of a header's meaning.
+impl PartialEq for TableHeader<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.pk == other.pk
+    }
+}
+
+impl Eq for TableHeader<'_> {}
 
 impl TableHeader<'_> {
     /// Number of columns.
@@ -130,13 +140,18 @@ impl Change<'_> {
         }
     }
 
-    /// The canonical sort key: the PK fields in column declaration order, concatenated.
+    /// The canonical sort key: the PK fields in column declaration order, concatenated,
+    /// each in its shortest encoding (so a key whose length varint is spelled longer
+    /// than needed still names the same row).
     pub fn key(&self, pk: &[u8]) -> Vec<u8> {
         let rec = self.key_record();
         let mut key = Vec::new();
         for (i, flag) in pk.iter().enumerate() {
             if *flag != 0 {
-                key.extend_from_slice(rec[i]);
+                match crate::value::decode_field(rec[i]) {
+                    Some(v) => v.encode(&mut key),
+                    None => key.push(crate::value::UNDEFINED),
+                }
             }
         }
         key
