@@ -146,8 +146,9 @@ impl<D: Db> Drop for Rollback<'_, D> {
     }
 }
 
+/// `Db` for `rusqlite::Connection`, and value conversions between the two crates.
 #[cfg(feature = "rusqlite")]
-mod rusqlite_impl {
+pub mod rusqlite_impl {
     use super::{Db, DbError, Stmt};
     use crate::value::ValueRef;
     use crate::Error;
@@ -168,7 +169,8 @@ mod rusqlite_impl {
         }
     }
 
-    fn to_rusqlite(v: ValueRef<'_>) -> RValueRef<'_> {
+    /// A client value as rusqlite's, for binding.
+    pub fn to_rusqlite(v: ValueRef<'_>) -> RValueRef<'_> {
         match v {
             ValueRef::Null => RValueRef::Null,
             ValueRef::Integer(i) => RValueRef::Integer(i),
@@ -178,7 +180,8 @@ mod rusqlite_impl {
         }
     }
 
-    fn from_rusqlite(v: RValueRef<'_>) -> ValueRef<'_> {
+    /// A value rusqlite read, as the client's.
+    pub fn from_rusqlite(v: RValueRef<'_>) -> ValueRef<'_> {
         match v {
             RValueRef::Null => ValueRef::Null,
             RValueRef::Integer(i) => ValueRef::Integer(i),
