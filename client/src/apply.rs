@@ -270,14 +270,27 @@ impl<'d, 'i, D: Db + 'd> TableApply<'d, 'i, D> {
         quote(&self.info.columns[i].name)
     }
 
+    /// The statement for `sql`, prepared once per apply, with `params` bound as `?1..`.
+    fn prepared(
+        &mut self,
+        sql: String,
+        params: &[ValueRef<'_>],
+    ) -> Result<&mut D::Stmt<'d>, DbError> {
+        let db = self.db;
+        let stmt = match self.stmts.entry(sql) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let stmt = db.prepare(e.key())?;
+                e.insert(stmt)
+            }
+        };
+        stmt.bind_all(params)?;
+        Ok(stmt)
+    }
+
     /// Runs `sql` (prepared once per apply) with `params` bound as `?1..`.
     fn exec(&mut self, sql: String, params: &[ValueRef<'_>]) -> Result<usize, DbError> {
-        if !self.stmts.contains_key(&sql) {
-            let stmt = self.db.prepare(&sql)?;
-            self.stmts.insert(sql.clone(), stmt);
-        }
-        let stmt = self.stmts.get_mut(&sql).expect("inserted above");
-        stmt.bind_all(params)?;
+        let stmt = self.prepared(sql, params)?;
         stmt.execute()
     }
 
@@ -296,12 +309,7 @@ impl<'d, 'i, D: Db + 'd> TableApply<'d, 'i, D> {
         sql: String,
         params: &[ValueRef<'_>],
     ) -> Result<Option<Vec<Value>>, Error> {
-        if !self.stmts.contains_key(&sql) {
-            let stmt = self.db.prepare(&sql)?;
-            self.stmts.insert(sql.clone(), stmt);
-        }
-        let stmt = self.stmts.get_mut(&sql).expect("inserted above");
-        stmt.bind_all(params)?;
+        let stmt = self.prepared(sql, params)?;
         let mut found = None;
         stmt.query(&mut |row| {
             if found.is_none() {
