@@ -9,15 +9,18 @@
 //! - [`queue`]: `pdb_commit` and the upload queue.
 //! - [`apply`]: applying a changeset with `sqlite3changeset_apply` semantics.
 //! - [`schema`]: table introspection and the schema hash.
+//! - [`cert`], [`state`]: heads, certificates and the state digest (DESIGN §4).
 #![forbid(unsafe_code)]
 
 pub mod apply;
 pub mod capture;
+pub mod cert;
 pub mod changeset;
 pub mod db;
 mod error;
 pub mod queue;
 pub mod schema;
+pub mod state;
 pub mod value;
 mod varint;
 

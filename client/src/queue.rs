@@ -2,15 +2,11 @@
 //! `pdb_upload_queue` and forgets them, in one transaction.
 
 use crate::capture;
+use crate::cert::hex;
 use crate::db::{transaction, Db, Stmt};
 use crate::schema::schema_hash;
 use crate::value::{Value, ValueRef};
 use crate::Error;
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The pending changeset, or `None` if nothing changed since the last commit.
 pub fn pending_changeset<D: Db>(db: &D) -> Result<Option<Vec<u8>>, Error> {

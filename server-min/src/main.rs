@@ -1,32 +1,243 @@
-//! `pdb-witness`: orders each group's commits into one signed history.
-//!
-//! Only the command-line shape exists so far; the server itself is the next piece of
-//! work (see README.md). Until then every command explains that and exits non-zero.
+//! `pdb-witness`: the command line. Every flag also reads an environment variable.
 
-use std::process::ExitCode;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-const USAGE: &str = "\
-pdb-witness — orders each group's commits into one signed history
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use pdb_client::cert::{hex, parse_hex};
+use pdb_witness::auth::{Auth, Claims, Role, SigningSecret};
+use pdb_witness::http::{router, App};
+use pdb_witness::keys;
+use pdb_witness::metrics::Metrics;
+use pdb_witness::witness::Witness;
 
-usage:
-  pdb-witness serve --data DIR --listen ADDR
-  pdb-witness keygen
-  pdb-witness token --sub S --group G --role read|write|admin [--ttl SECONDS]
-  pdb-witness backup DIR
-  pdb-witness restore DIR
+#[derive(Parser)]
+#[command(
+    name = "pdb-witness",
+    version,
+    about = "Orders each group's commits into one signed history"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
 
-This build contains only the client extension (libpdb); the witness is not
-implemented yet.";
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the HTTP API (creates the data directory and keys on first start).
+    Serve(Serve),
+    /// Generate an Ed25519 key pair (for certificates or for EdDSA tokens).
+    Keygen {
+        /// Write the secret key to this file (0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Issue a bearer token.
+    Token(Token),
+    /// Copy a data directory consistently, while the witness serves.
+    Backup {
+        /// Where to write the copy (must not exist or be empty).
+        dir: PathBuf,
+        /// The data directory to copy.
+        #[arg(long, env = "PDB_DATA")]
+        data: PathBuf,
+    },
+    /// Install a backup as the data directory (the witness must be stopped).
+    Restore {
+        /// The backup to install.
+        dir: PathBuf,
+        /// The data directory to (re)create.
+        #[arg(long, env = "PDB_DATA")]
+        data: PathBuf,
+        /// Replace an existing data directory.
+        #[arg(long)]
+        force: bool,
+    },
+}
 
-fn main() -> ExitCode {
-    match std::env::args().nth(1).as_deref() {
-        None | Some("-h" | "--help" | "help") => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
+#[derive(Args)]
+struct Serve {
+    /// Data directory (SQLite files and keys).
+    #[arg(long, env = "PDB_DATA")]
+    data: PathBuf,
+    /// Address to listen on; port 0 picks a free port (the chosen one is printed).
+    #[arg(long, env = "PDB_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// HS256 secret for bearer tokens (default: DATA/jwt.secret, created on first start).
+    #[arg(
+        long,
+        env = "PDB_JWT_SECRET",
+        conflicts_with = "jwt_ed25519_public_key"
+    )]
+    jwt_secret: Option<String>,
+    /// Accept EdDSA tokens signed by this Ed25519 public key (64 hex digits) instead.
+    #[arg(long, env = "PDB_JWT_ED25519_PUBLIC_KEY")]
+    jwt_ed25519_public_key: Option<String>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "PDB_MAX_BODY", default_value_t = 16 << 20)]
+    max_body: usize,
+}
+
+#[derive(Args)]
+struct Token {
+    /// Subject (who the token is for).
+    #[arg(long)]
+    sub: String,
+    /// Group the role applies to (`*` for every group).
+    #[arg(long)]
+    group: String,
+    /// read, write or admin.
+    #[arg(long)]
+    role: Role,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// Sign with this data directory's jwt.secret.
+    #[arg(long, env = "PDB_DATA")]
+    data: Option<PathBuf>,
+    /// Sign with this HS256 secret.
+    #[arg(long, env = "PDB_JWT_SECRET")]
+    jwt_secret: Option<String>,
+    /// Sign EdDSA with the Ed25519 secret key in this file (from `keygen --out`).
+    #[arg(long)]
+    ed25519_key: Option<PathBuf>,
+}
+
+fn now_s() -> u64 {
+    pdb_witness::now_ms() as u64 / 1000
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve(s) => serve(s),
+        Cmd::Keygen { out } => {
+            let seed = keys::random32()?;
+            let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
+            match out {
+                Some(path) => {
+                    keys::write_secret(&path, &seed)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    println!("public key: {}", hex(public.as_bytes()));
+                }
+                None => {
+                    println!("secret key: {}", hex(&seed));
+                    println!("public key: {}", hex(public.as_bytes()));
+                }
+            }
+            Ok(())
         }
-        Some(cmd) => {
-            eprintln!("pdb-witness: '{cmd}' is not available yet\n\n{USAGE}");
-            ExitCode::from(2)
+        Cmd::Token(t) => {
+            let secret = if let Some(path) = &t.ed25519_key {
+                SigningSecret::Ed25519(keys::load(path)?)
+            } else if let Some(s) = &t.jwt_secret {
+                SigningSecret::Hs256(s.as_bytes().to_vec())
+            } else if let Some(data) = &t.data {
+                SigningSecret::Hs256(keys::load(&data.join(keys::JWT_SECRET))?.to_vec())
+            } else {
+                anyhow::bail!("give --data DIR, --jwt-secret S or --ed25519-key FILE to sign with");
+            };
+            let claims = Claims {
+                sub: t.sub,
+                exp: now_s() + t.ttl,
+                groups: [(t.group, t.role)].into_iter().collect(),
+            };
+            println!("{}", secret.issue(&claims)?);
+            Ok(())
         }
+        Cmd::Backup { dir, data } => {
+            pdb_witness::backup::backup(&data, &dir)?;
+            println!("backed up {} to {}", data.display(), dir.display());
+            Ok(())
+        }
+        Cmd::Restore { dir, data, force } => {
+            pdb_witness::backup::restore(&dir, &data, force)?;
+            println!("restored {} into {}", dir.display(), data.display());
+            Ok(())
+        }
+    }
+}
+
+fn serve(s: Serve) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PDB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    std::fs::create_dir_all(&s.data).with_context(|| format!("creating {}", s.data.display()))?;
+    let (auth, local_secret) = if let Some(k) = &s.jwt_ed25519_public_key {
+        let key =
+            parse_hex::<32>(k.trim()).context("--jwt-ed25519-public-key must be 64 hex digits")?;
+        (Auth::ed25519(&key), None)
+    } else if let Some(secret) = &s.jwt_secret {
+        (
+            Auth::hs256(secret.as_bytes()),
+            Some(secret.as_bytes().to_vec()),
+        )
+    } else {
+        let secret = keys::load_or_create(&s.data.join(keys::JWT_SECRET))?.to_vec();
+        (Auth::hs256(&secret), Some(secret))
+    };
+    let metrics = Arc::new(Metrics::default());
+    let witness = Arc::new(
+        Witness::open(&s.data, metrics).with_context(|| format!("opening {}", s.data.display()))?,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(s.listen)
+            .await
+            .with_context(|| format!("listening on {}", s.listen))?;
+        let addr = listener.local_addr()?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "witness key: {}", hex(&witness.public_key()))?;
+        if let Some(secret) = local_secret {
+            let claims = Claims {
+                sub: "admin".into(),
+                exp: now_s() + 7 * 24 * 3600,
+                groups: [("*".to_string(), Role::Admin)].into_iter().collect(),
+            };
+            writeln!(
+                out,
+                "admin token: {}",
+                SigningSecret::Hs256(secret).issue(&claims)?
+            )?;
+        }
+        writeln!(out, "listening: http://{addr}")?;
+        out.flush()?;
+        drop(out);
+        tracing::info!(%addr, data = %s.data.display(), "pdb-witness serving");
+        let app = Arc::new(App {
+            witness,
+            auth,
+            max_body: s.max_body,
+        });
+        axum::serve(listener, router(app))
+            .with_graceful_shutdown(shutdown())
+            .await?;
+        tracing::info!("pdb-witness stopped");
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM; axum then finishes the requests in flight.
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
     }
 }

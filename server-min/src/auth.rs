@@ -1,0 +1,255 @@
+//! Bearer-token authorisation: JWTs signed with an HS256 secret or an Ed25519 key,
+//! carrying the subject, the expiry and a role per group (DESIGN §5).
+
+use std::collections::BTreeMap;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::problem::{Code, Problem};
+
+/// What a token allows on a group; each role includes the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Pull commits, read group info and snapshots.
+    Read,
+    /// Also submit commits.
+    Write,
+    /// Also create groups.
+    Admin,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "read" => Ok(Role::Read),
+            "write" => Ok(Role::Write),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!("unknown role \"{s}\" (read, write or admin)")),
+        }
+    }
+}
+
+/// The claims of a PersonalDB token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// Who the token was issued to.
+    pub sub: String,
+    /// Expiry, unix seconds.
+    pub exp: u64,
+    /// Role per group name; the name `*` stands for every group.
+    pub groups: BTreeMap<String, Role>,
+}
+
+impl Claims {
+    /// The role these claims grant on `group`: its own entry, else the `*` entry.
+    pub fn role(&self, group: &str) -> Option<Role> {
+        self.groups
+            .get(group)
+            .or_else(|| self.groups.get("*"))
+            .copied()
+    }
+}
+
+/// How tokens are checked (and, when the witness holds the signing key, issued).
+pub struct Auth {
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+/// A token signing key.
+pub enum SigningSecret {
+    /// HS256 with a shared secret.
+    Hs256(Vec<u8>),
+    /// EdDSA with an Ed25519 key (its 32-byte seed).
+    Ed25519([u8; 32]),
+}
+
+/// PKCS#8 v1 prefix of an Ed25519 private key (RFC 8410), followed by the 32-byte seed.
+const ED25519_PKCS8_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+impl SigningSecret {
+    /// Issues a token for `claims`.
+    pub fn issue(&self, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+        match self {
+            SigningSecret::Hs256(secret) => jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                claims,
+                &EncodingKey::from_secret(secret),
+            ),
+            SigningSecret::Ed25519(seed) => {
+                let mut der = ED25519_PKCS8_PREFIX.to_vec();
+                der.extend_from_slice(seed);
+                jsonwebtoken::encode(
+                    &Header::new(Algorithm::EdDSA),
+                    claims,
+                    &EncodingKey::from_ed_der(&der),
+                )
+            }
+        }
+    }
+}
+
+impl Auth {
+    /// Accepts HS256 tokens signed with `secret`.
+    pub fn hs256(secret: &[u8]) -> Auth {
+        Auth::with(DecodingKey::from_secret(secret), Algorithm::HS256)
+    }
+
+    /// Accepts EdDSA tokens signed by the holder of this Ed25519 public key.
+    pub fn ed25519(public_key: &[u8; 32]) -> Auth {
+        Auth::with(DecodingKey::from_ed_der(public_key), Algorithm::EdDSA)
+    }
+
+    fn with(decoding: DecodingKey, alg: Algorithm) -> Auth {
+        let mut validation = Validation::new(alg);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Auth {
+            decoding,
+            validation,
+        }
+    }
+
+    /// Checks the `Authorization` header value and that it grants `need` on `group`.
+    /// Unknown groups are not told apart from others: the answer depends on the token
+    /// only, so a token for one group learns nothing about another.
+    pub fn check(&self, header: Option<&str>, group: &str, need: Role) -> Result<Claims, Problem> {
+        let claims = self.authenticate(header)?;
+        match claims.role(group) {
+            Some(r) if r >= need => Ok(claims),
+            Some(r) => Err(Problem::new(
+                Code::Forbidden,
+                format!("this needs the {need:?} role on the group; the token grants {r:?}")
+                    .to_lowercase(),
+            )),
+            None => Err(Problem::new(
+                Code::Forbidden,
+                "the token grants no role on this group",
+            )),
+        }
+    }
+
+    /// Checks the token alone.
+    pub fn authenticate(&self, header: Option<&str>) -> Result<Claims, Problem> {
+        let Some(h) = header else {
+            return Err(Problem::new(
+                Code::Unauthorized,
+                "missing Authorization: Bearer <token>",
+            ));
+        };
+        let token = h
+            .strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("bearer "))
+            .ok_or_else(|| {
+                Problem::new(Code::Unauthorized, "Authorization is not a Bearer token")
+            })?;
+        jsonwebtoken::decode::<Claims>(token.trim(), &self.decoding, &self.validation)
+            .map(|d| d.claims)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                let why = match e.kind() {
+                    ErrorKind::ExpiredSignature => "the token has expired",
+                    ErrorKind::InvalidSignature => "the token's signature is not valid",
+                    ErrorKind::InvalidAlgorithm => "the token is signed with another algorithm",
+                    _ => "the token is malformed",
+                };
+                Problem::new(Code::Unauthorized, why)
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(groups: &[(&str, Role)], exp: u64) -> Claims {
+        Claims {
+            sub: "alice".into(),
+            exp,
+            groups: groups.iter().map(|(g, r)| (g.to_string(), *r)).collect(),
+        }
+    }
+
+    fn later() -> u64 {
+        crate::now_ms() as u64 / 1000 + 3600
+    }
+
+    #[test]
+    fn roles_are_ordered_and_scoped_to_groups() {
+        let secret = SigningSecret::Hs256(b"s3cret".to_vec());
+        let auth = Auth::hs256(b"s3cret");
+        let t = secret
+            .issue(&claims(&[("g", Role::Write)], later()))
+            .unwrap();
+        let h = format!("Bearer {t}");
+        assert!(auth.check(Some(&h), "g", Role::Read).is_ok());
+        assert!(auth.check(Some(&h), "g", Role::Write).is_ok());
+        assert_eq!(
+            auth.check(Some(&h), "g", Role::Admin).unwrap_err().code,
+            Code::Forbidden
+        );
+        assert_eq!(
+            auth.check(Some(&h), "h", Role::Read).unwrap_err().code,
+            Code::Forbidden
+        );
+        let star = secret
+            .issue(&claims(&[("*", Role::Admin)], later()))
+            .unwrap();
+        assert!(auth
+            .check(Some(&format!("Bearer {star}")), "any", Role::Admin)
+            .is_ok());
+    }
+
+    #[test]
+    fn bad_tokens_are_unauthorized() {
+        let auth = Auth::hs256(b"s3cret");
+        let other = SigningSecret::Hs256(b"other".to_vec());
+        let t = other
+            .issue(&claims(&[("g", Role::Admin)], later()))
+            .unwrap();
+        for h in [
+            None,
+            Some("Basic abc".to_string()),
+            Some("Bearer nonsense".to_string()),
+            Some(format!("Bearer {t}")),
+        ] {
+            let e = auth.check(h.as_deref(), "g", Role::Read).unwrap_err();
+            assert_eq!(e.code, Code::Unauthorized, "{h:?}");
+        }
+        let good = SigningSecret::Hs256(b"s3cret".to_vec());
+        let expired = good.issue(&claims(&[("g", Role::Admin)], 1_000)).unwrap();
+        let e = auth
+            .check(Some(&format!("Bearer {expired}")), "g", Role::Read)
+            .unwrap_err();
+        assert_eq!(e.detail, "the token has expired");
+    }
+
+    #[test]
+    fn ed25519_tokens_verify_with_the_public_key_only() {
+        let seed = [5u8; 32];
+        let public = ed25519_dalek::SigningKey::from_bytes(&seed)
+            .verifying_key()
+            .to_bytes();
+        let t = SigningSecret::Ed25519(seed)
+            .issue(&claims(&[("g", Role::Read)], later()))
+            .unwrap();
+        let auth = Auth::ed25519(&public);
+        assert!(auth
+            .check(Some(&format!("Bearer {t}")), "g", Role::Read)
+            .is_ok());
+        let hs = SigningSecret::Hs256(public.to_vec())
+            .issue(&claims(&[("g", Role::Read)], later()))
+            .unwrap();
+        assert_eq!(
+            auth.check(Some(&format!("Bearer {hs}")), "g", Role::Read)
+                .unwrap_err()
+                .code,
+            Code::Unauthorized
+        );
+    }
+}

@@ -1,0 +1,540 @@
+//! One group's sequencer: a thread that owns the group's replica and accepts its
+//! commits one at a time, in DESIGN §5's order of checks. Requests that arrive while a
+//! batch is being made durable form the next batch: one replica transaction and one
+//! history append (and so one fsync shared with every other group's batch) for all.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+use pdb_client::cert::{genesis, hex, next_head, Certificate, Hash};
+use tokio::sync::{oneshot, watch};
+
+use crate::metrics::Metrics;
+use crate::problem::{Code, Problem};
+use crate::replica::{Position, Refusal, Replica};
+use crate::store::{Store, StoredCommit};
+
+/// How a stale base is treated (`Pdb-Policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// The base must be the head.
+    FastForward,
+    /// A stale base is fine if the changeset applies to the head without conflict.
+    RebaseIfClean,
+}
+
+/// A commit as submitted.
+#[derive(Debug, Clone)]
+pub struct CommitRequest {
+    /// The payload (a changeset).
+    pub changeset: Bytes,
+    /// `Pdb-Base`: the seq and head the changeset was made on.
+    pub base: (u64, Hash),
+    /// `Idempotency-Key`.
+    pub idempotency_key: String,
+    /// `Pdb-Schema`.
+    pub schema_hash: Hash,
+    /// `Pdb-Client`.
+    pub client: Option<String>,
+    /// `Pdb-Meta`.
+    pub meta: Option<String>,
+    /// `Pdb-Policy`.
+    pub policy: Policy,
+}
+
+/// An accepted commit.
+#[derive(Debug, Clone)]
+pub enum Accepted {
+    /// Certified now.
+    New(StoredCommit),
+    /// Certified earlier under the same idempotency key and changeset.
+    Duplicate(StoredCommit),
+}
+
+/// A group's head as published to readers and watchers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// Seq of the last durable commit.
+    pub seq: u64,
+    /// Its head.
+    pub head: Hash,
+    /// Its state digest.
+    pub state: Hash,
+}
+
+/// What every request handler may know about a group.
+pub struct GroupInfo {
+    /// Row id in the history store.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Schema hash.
+    pub schema_hash: Hash,
+    /// The DDL it was created with.
+    pub ddl: String,
+    /// Its tables' shapes, as JSON.
+    pub tables: serde_json::Value,
+    /// The durable head; watchers wait on it.
+    pub head: watch::Sender<Head>,
+}
+
+struct Job {
+    req: CommitRequest,
+    reply: oneshot::Sender<Result<Accepted, Problem>>,
+}
+
+/// A running group: its info and the queue into its sequencer.
+pub struct Group {
+    /// The group's description and durable head.
+    pub info: Arc<GroupInfo>,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Group {
+    /// Submits a commit and waits for its outcome (after it is durable, if accepted).
+    pub async fn commit(&self, req: CommitRequest) -> Result<Accepted, Problem> {
+        let (reply, wait) = oneshot::channel();
+        self.jobs
+            .send(Job { req, reply })
+            .map_err(|_| unavailable("the group's sequencer has stopped"))?;
+        wait.await
+            .map_err(|_| unavailable("the group's sequencer has stopped"))?
+    }
+
+    /// The durable head.
+    pub fn head(&self) -> Head {
+        *self.info.head.borrow()
+    }
+}
+
+fn unavailable(detail: impl Into<String>) -> Problem {
+    Problem::new(Code::Unavailable, detail)
+}
+
+/// Shared things a sequencer needs.
+pub struct Env {
+    /// The history store.
+    pub store: Arc<Store>,
+    /// The witness's signing key.
+    pub key: Arc<SigningKey>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Catches the replica up with the history and starts the group's sequencer thread.
+pub fn start(id: i64, name: &str, ddl: &str, replica: Replica, env: Env) -> Result<Group, String> {
+    let tables = serde_json::Value::Array(
+        replica
+            .tables()
+            .map(|t| {
+                serde_json::json!({
+                    "name": t.name,
+                    "columns": serde_json::from_str::<serde_json::Value>(&t.shape_json()).unwrap_or_default(),
+                })
+            })
+            .collect(),
+    );
+    let mut seq = Sequencer {
+        id,
+        name: name.to_string(),
+        schema_hash: replica.schema_hash(),
+        replica,
+        pos: Position {
+            seq: 0,
+            head: genesis(name),
+            state: Default::default(),
+        },
+        recent: VecDeque::new(),
+        env,
+    };
+    seq.catch_up()?;
+    let head = Head {
+        seq: seq.pos.seq,
+        head: seq.pos.head,
+        state: seq.pos.state.digest(),
+    };
+    let info = Arc::new(GroupInfo {
+        id,
+        name: name.to_string(),
+        schema_hash: seq.schema_hash,
+        ddl: ddl.to_string(),
+        tables,
+        head: watch::channel(head).0,
+    });
+    let (jobs, rx) = mpsc::channel();
+    let shared = info.clone();
+    std::thread::Builder::new()
+        .name(format!("pdb-group-{id}"))
+        .spawn(move || seq.run(rx, &shared))
+        .map_err(|e| format!("cannot start the group's thread: {e}"))?;
+    Ok(Group { info, jobs })
+}
+
+/// Heads kept in memory for checking recent `Pdb-Base`s without a read.
+const RECENT_HEADS: usize = 4096;
+/// Most requests taken into one batch.
+const MAX_BATCH: usize = 512;
+
+struct Sequencer {
+    id: i64,
+    name: String,
+    schema_hash: Hash,
+    replica: Replica,
+    pos: Position,
+    /// (seq, head) of the latest commits, oldest first.
+    recent: VecDeque<(u64, Hash)>,
+    env: Env,
+}
+
+enum Outcome {
+    Done(Box<Result<Accepted, Problem>>),
+    /// Accepted as `pending[i]`, durable once the batch is.
+    Pending(usize),
+    /// A retry of `pending[i]` within the same batch.
+    PendingDuplicate(usize),
+}
+
+/// A storage failure in the middle of a batch: the whole batch is undone.
+struct BatchFailed(String);
+
+impl Outcome {
+    fn done(r: Result<Accepted, Problem>) -> Outcome {
+        Outcome::Done(Box::new(r))
+    }
+}
+
+impl Sequencer {
+    fn run(mut self, rx: Receiver<Job>, info: &GroupInfo) {
+        while let Ok(first) = rx.recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            self.batch(jobs, info);
+        }
+    }
+
+    fn batch(&mut self, jobs: Vec<Job>, info: &GroupInfo) {
+        let saved = (self.pos.clone(), self.recent.len());
+        let mut pending: Vec<StoredCommit> = Vec::new();
+        let mut keys: HashMap<String, usize> = HashMap::new();
+        let mut run = |this: &mut Self, pending: &mut Vec<StoredCommit>| {
+            this.replica
+                .begin()
+                .map_err(|e| BatchFailed(e.to_string()))?;
+            let mut outcomes = Vec::with_capacity(jobs.len());
+            for job in &jobs {
+                outcomes.push(this.one(&job.req, pending, &mut keys)?);
+            }
+            if !pending.is_empty() {
+                this.replica
+                    .set_position(&this.pos)
+                    .map_err(|e| BatchFailed(e.to_string()))?;
+                this.env
+                    .store
+                    .append(this.id, pending.clone())
+                    .map_err(|e| BatchFailed(e.to_string()))?;
+            }
+            Ok(outcomes)
+        };
+        let outcomes = match run(self, &mut pending) {
+            Ok(o) => o,
+            Err(BatchFailed(why)) => {
+                tracing::error!(group = %self.name, error = %why, "batch failed; nothing certified");
+                let _ = self.replica.rollback();
+                self.pos = saved.0;
+                self.recent.truncate(saved.1);
+                for job in jobs {
+                    let _ = job
+                        .reply
+                        .send(Err(unavailable(format!("storage failed: {why}"))));
+                }
+                return;
+            }
+        };
+        if !pending.is_empty() {
+            // The history is durable from here on; the replica only mirrors it.
+            if let Err(e) = self.replica.commit() {
+                tracing::error!(group = %self.name, error = %e, "replica commit failed; catching up from history");
+                let _ = self.replica.rollback();
+                if let Err(e) = self.catch_up() {
+                    tracing::error!(group = %self.name, error = %e, "replica cannot catch up");
+                }
+            }
+            info.head.send_replace(Head {
+                seq: self.pos.seq,
+                head: self.pos.head,
+                state: pending.last().map_or([0; 32], |c| c.cert.state),
+            });
+            self.env
+                .metrics
+                .commits
+                .fetch_add(pending.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            let _ = self.replica.rollback();
+        }
+        for (job, outcome) in jobs.into_iter().zip(outcomes) {
+            let result = match outcome {
+                Outcome::Done(r) => *r,
+                Outcome::Pending(i) => Ok(Accepted::New(pending[i].clone())),
+                Outcome::PendingDuplicate(i) => Ok(Accepted::Duplicate(pending[i].clone())),
+            };
+            let _ = job.reply.send(result);
+        }
+    }
+
+    fn with_head(&self, p: Problem) -> Problem {
+        p.with("seq", self.pos.seq)
+            .with("head", hex(&self.pos.head))
+    }
+
+    fn one(
+        &mut self,
+        req: &CommitRequest,
+        pending: &mut Vec<StoredCommit>,
+        keys: &mut HashMap<String, usize>,
+    ) -> Result<Outcome, BatchFailed> {
+        let storage = |e: &dyn std::fmt::Display| BatchFailed(e.to_string());
+        let hash = *blake3::hash(&req.changeset).as_bytes();
+        let reuse = || {
+            Problem::new(
+                Code::IdempotencyConflict,
+                format!(
+                    "Idempotency-Key \"{}\" was already used with a different changeset",
+                    req.idempotency_key
+                ),
+            )
+        };
+        if let Some(&i) = keys.get(&req.idempotency_key) {
+            return Ok(if pending[i].cert.changeset_hash == hash {
+                Outcome::PendingDuplicate(i)
+            } else {
+                Outcome::done(Err(reuse()))
+            });
+        }
+        if let Some((seq, used)) = self
+            .replica
+            .idempotency(&req.idempotency_key)
+            .map_err(|e| storage(&e))?
+        {
+            if used != hash {
+                return Ok(Outcome::done(Err(reuse())));
+            }
+            let found = self
+                .env
+                .store
+                .commits_after(
+                    self.id,
+                    &self.name,
+                    self.env.key.verifying_key().to_bytes(),
+                    seq - 1,
+                    1,
+                    usize::MAX,
+                )
+                .map_err(|e| storage(&e))?;
+            return match found.into_iter().next() {
+                Some(c) if c.cert.seq == seq => Ok(Outcome::done(Ok(Accepted::Duplicate(c)))),
+                _ => Err(BatchFailed(format!(
+                    "commit {seq} is missing from the history"
+                ))),
+            };
+        }
+        if req.schema_hash != self.schema_hash {
+            return Ok(Outcome::done(Err(Problem::new(
+                Code::SchemaMismatch,
+                format!(
+                    "Pdb-Schema {} differs from the group's schema {}",
+                    hex(&req.schema_hash),
+                    hex(&self.schema_hash)
+                ),
+            )
+            .with("schema_hash", hex(&self.schema_hash)))));
+        }
+        let touched = match self.replica.validate(&req.changeset) {
+            Ok(t) => t,
+            Err(Refusal::Invalid(why)) => {
+                return Ok(Outcome::done(Err(Problem::new(
+                    Code::InvalidChangeset,
+                    why,
+                ))))
+            }
+            Err(Refusal::Storage(e)) => return Err(storage(&e)),
+            Err(Refusal::Conflict(_)) => unreachable!("validation does not apply anything"),
+        };
+        let (base_seq, base_head) = req.base;
+        if base_seq > self.pos.seq {
+            return Ok(Outcome::done(Err(self.with_head(Problem::new(
+                Code::StaleBase,
+                format!(
+                    "Pdb-Base seq {base_seq} is ahead of the head {}",
+                    self.pos.seq
+                ),
+            )))));
+        }
+        match self.head_at(base_seq).map_err(|e| storage(&e))? {
+            Some(h) if h == base_head => {}
+            _ => {
+                return Ok(Outcome::done(Err(self.with_head(Problem::new(
+                    Code::StaleBase,
+                    format!(
+                        "Pdb-Base {base_seq}:{} is not in this group's history",
+                        hex(&base_head)
+                    ),
+                )))))
+            }
+        }
+        if base_seq != self.pos.seq && req.policy == Policy::FastForward {
+            return Ok(Outcome::done(Err(self.with_head(Problem::new(
+                Code::StaleBase,
+                format!(
+                    "Pdb-Base seq {base_seq} is not the head {} (policy fast-forward)",
+                    self.pos.seq
+                ),
+            )))));
+        }
+        let mut state = self.pos.state.clone();
+        match self.replica.apply(&req.changeset, &touched, &mut state) {
+            Ok(()) => {}
+            Err(Refusal::Conflict(rows)) => {
+                let detail = format!("{} row(s) conflict with head {}", rows.len(), self.pos.seq);
+                return Ok(Outcome::done(Err(self
+                    .with_head(Problem::new(Code::Conflict, detail))
+                    .with("rows", rows))));
+            }
+            Err(Refusal::Invalid(why)) => {
+                return Ok(Outcome::done(Err(Problem::new(
+                    Code::InvalidChangeset,
+                    why,
+                ))))
+            }
+            Err(Refusal::Storage(e)) => return Err(storage(&e)),
+        }
+        let seq = self.pos.seq + 1;
+        let head = next_head(&self.pos.head, seq, &hash);
+        self.replica
+            .record_key(&req.idempotency_key, seq, &hash)
+            .map_err(|e| storage(&e))?;
+        let cert = Certificate::sign(
+            &self.env.key,
+            &self.name,
+            seq,
+            self.pos.head,
+            head,
+            state.digest(),
+            hash,
+            &req.idempotency_key,
+            crate::now_ms(),
+        );
+        self.pos = Position { seq, head, state };
+        self.remember(seq, head);
+        pending.push(StoredCommit {
+            cert,
+            client: req.client.clone(),
+            meta: req.meta.clone(),
+            changeset: req.changeset.clone(),
+        });
+        keys.insert(req.idempotency_key.clone(), pending.len() - 1);
+        Ok(Outcome::Pending(pending.len() - 1))
+    }
+
+    fn remember(&mut self, seq: u64, head: Hash) {
+        if self.recent.len() == RECENT_HEADS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((seq, head));
+    }
+
+    fn head_at(&self, seq: u64) -> Result<Option<Hash>, crate::store::StoreError> {
+        if seq == self.pos.seq {
+            return Ok(Some(self.pos.head));
+        }
+        if seq == 0 {
+            return Ok(Some(genesis(&self.name)));
+        }
+        if let Some(&(first, _)) = self.recent.front() {
+            if seq >= first {
+                return Ok(self.recent.get((seq - first) as usize).map(|&(_, h)| h));
+            }
+        }
+        self.env.store.head_at(self.id, seq)
+    }
+
+    /// Replays the commits the history has and the replica lacks, checking that each
+    /// yields the certified head and state (start-up, and after a failed replica commit).
+    fn catch_up(&mut self) -> Result<(), String> {
+        let mut pos = self.replica.position().map_err(|e| e.to_string())?;
+        let last = self
+            .env
+            .store
+            .last_seq(self.id)
+            .map_err(|e| e.to_string())?;
+        if pos.seq > last {
+            return Err(format!(
+                "group \"{}\": the replica is at seq {} but the history ends at {last}",
+                self.name, pos.seq
+            ));
+        }
+        let wkey = self.env.key.verifying_key().to_bytes();
+        while pos.seq < last {
+            let commits = self
+                .env
+                .store
+                .commits_after(self.id, &self.name, wkey, pos.seq, 256, 64 << 20)
+                .map_err(|e| e.to_string())?;
+            if commits.is_empty() {
+                break;
+            }
+            self.replica.begin().map_err(|e| e.to_string())?;
+            let replayed = self.replay(&mut pos, &commits);
+            let done = replayed
+                .and_then(|()| self.replica.set_position(&pos).map_err(|e| e.to_string()))
+                .and_then(|()| self.replica.commit().map_err(|e| e.to_string()));
+            if let Err(e) = done {
+                let _ = self.replica.rollback();
+                return Err(format!(
+                    "group \"{}\": replaying the history: {e}",
+                    self.name
+                ));
+            }
+        }
+        if pos.seq > 0 {
+            self.remember(pos.seq, pos.head);
+        }
+        self.pos = pos;
+        Ok(())
+    }
+
+    fn replay(&self, pos: &mut Position, commits: &[StoredCommit]) -> Result<(), String> {
+        for c in commits {
+            let seq = pos.seq + 1;
+            if c.cert.seq != seq || c.cert.prev != pos.head {
+                return Err(format!("commit {} does not follow {}", c.cert.seq, pos.seq));
+            }
+            let touched = self
+                .replica
+                .validate(&c.changeset)
+                .map_err(|e| format!("commit {seq}: {e:?}"))?;
+            self.replica
+                .apply(&c.changeset, &touched, &mut pos.state)
+                .map_err(|e| format!("commit {seq} does not apply: {e:?}"))?;
+            let head = next_head(&pos.head, seq, &c.cert.changeset_hash);
+            if head != c.cert.head || pos.state.digest() != c.cert.state {
+                return Err(format!(
+                    "commit {seq} does not reproduce its certified head and state"
+                ));
+            }
+            self.replica
+                .record_key(&c.cert.idempotency_key, seq, &c.cert.changeset_hash)
+                .map_err(|e| e.to_string())?;
+            pos.seq = seq;
+            pos.head = head;
+        }
+        Ok(())
+    }
+}

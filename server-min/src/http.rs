@@ -1,0 +1,388 @@
+//! The HTTP API of DESIGN §5 over [`Witness`]: authorisation, request parsing and JSON,
+//! nothing else.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use base64::Engine;
+use pdb_client::cert::hex;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::{Auth, Role};
+use crate::group::{Accepted, CommitRequest, Group};
+use crate::problem::{Code, Problem};
+use crate::store::StoredCommit;
+use crate::witness::Witness;
+
+/// Everything a request handler needs.
+pub struct App {
+    /// The witness core.
+    pub witness: Arc<Witness>,
+    /// Token checking.
+    pub auth: Auth,
+    /// Largest accepted request body, bytes.
+    pub max_body: usize,
+}
+
+/// Most commits one pull returns.
+const MAX_LIMIT: usize = 1000;
+/// Changeset bytes one pull returns at most (but always at least one commit).
+const PAGE_BYTES: usize = 4 << 20;
+/// Longest long-poll.
+const MAX_WAIT: u64 = 60;
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::BAD_REQUEST);
+        let mut resp = (status, self.to_json().to_string()).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if self.code == Code::Unauthorized {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// The router.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/groups/{g}", put(put_group).get(get_group))
+        .route("/v1/groups/{g}/commits", get(get_commits).post(post_commit))
+        .route("/v1/groups/{g}/watch", get(watch))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { Problem::new(Code::NotFound, "no such endpoint") })
+        // Bodies are read by the handlers, after authorisation, with `max_body`.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(app)
+}
+
+/// Counts rejections on their way out.
+fn respond(app: &App, r: Result<Response, Problem>) -> Response {
+    match r {
+        Ok(resp) => resp,
+        Err(p) => {
+            app.witness.metrics().rejected(p.code);
+            p.into_response()
+        }
+    }
+}
+
+fn authorize(app: &App, headers: &HeaderMap, group: &str, need: Role) -> Result<(), Problem> {
+    let h = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    app.auth.check(h, group, need).map(|_| ())
+}
+
+fn find(app: &App, name: &str) -> Result<Arc<Group>, Problem> {
+    app.witness
+        .group(name)
+        .ok_or_else(|| Problem::new(Code::NotFound, format!("no group \"{name}\"")))
+}
+
+async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, Problem> {
+    let too_large = || {
+        Problem::new(
+            Code::TooLarge,
+            format!("the body exceeds {} bytes", app.max_body),
+        )
+        .with("limit", app.max_body)
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > app.max_body as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, app.max_body).await.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = source {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return too_large();
+            }
+            source = s.source();
+        }
+        Problem::new(Code::BadRequest, format!("cannot read the body: {e}"))
+    })
+}
+
+fn group_json(app: &App, g: &Group) -> Value {
+    let head = g.head();
+    json!({
+        "group": g.info.name,
+        "seq": head.seq,
+        "head": hex(&head.head),
+        "state": hex(&head.state),
+        "schema_hash": hex(&g.info.schema_hash),
+        "witness_key": hex(&app.witness.public_key()),
+        "ddl": g.info.ddl,
+        "tables": g.info.tables,
+    })
+}
+
+#[derive(Deserialize)]
+struct CreateGroup {
+    ddl: String,
+}
+
+async fn put_group(
+    State(app): State<Arc<App>>,
+    Path(g): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let r = async {
+        authorize(&app, &headers, &g, Role::Admin)?;
+        let body = read_body(&app, &headers, body).await?;
+        let req: CreateGroup = serde_json::from_slice(&body).map_err(|e| {
+            Problem::new(
+                Code::BadRequest,
+                format!("body must be {{\"ddl\": \"CREATE TABLE ...\"}}: {e}"),
+            )
+        })?;
+        let w = app.witness.clone();
+        let (group, created) = tokio::task::spawn_blocking(move || w.create_group(&g, &req.ddl))
+            .await
+            .map_err(|e| Problem::new(Code::Unavailable, e.to_string()))??;
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok((status, Json(group_json(&app, &group))).into_response())
+    }
+    .await;
+    respond(&app, r)
+}
+
+async fn get_group(
+    State(app): State<Arc<App>>,
+    Path(g): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let r = (|| {
+        authorize(&app, &headers, &g, Role::Read)?;
+        let group = find(&app, &g)?;
+        Ok(Json(group_json(&app, &group)).into_response())
+    })();
+    respond(&app, r)
+}
+
+/// A certificate with the commit's payload and submitter, as pulls return it.
+pub fn commit_json(c: &StoredCommit) -> Value {
+    let mut m = c.cert.to_json();
+    m.insert("client".into(), c.client.clone().into());
+    m.insert(
+        "meta".into(),
+        c.meta
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or(Value::Null),
+    );
+    m.insert(
+        "changeset".into(),
+        base64::engine::general_purpose::STANDARD
+            .encode(&c.changeset)
+            .into(),
+    );
+    Value::Object(m)
+}
+
+async fn post_commit(
+    State(app): State<Arc<App>>,
+    Path(g): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let r = async {
+        authorize(&app, &headers, &g, Role::Write)?;
+        let group = find(&app, &g)?;
+        let h = crate::request::commit_headers(|name| headers.get(name).map(|v| v.as_bytes()))?;
+        let changeset = read_body(&app, &headers, body).await?;
+        let outcome = group
+            .commit(CommitRequest {
+                changeset,
+                base: h.base,
+                idempotency_key: h.idempotency_key,
+                schema_hash: h.schema_hash,
+                client: h.client,
+                meta: h.meta,
+                policy: h.policy,
+            })
+            .await?;
+        Ok(match outcome {
+            Accepted::New(c) => {
+                (StatusCode::CREATED, Json(Value::Object(c.cert.to_json()))).into_response()
+            }
+            Accepted::Duplicate(c) => {
+                app.witness
+                    .metrics()
+                    .duplicates
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut m = c.cert.to_json();
+                m.insert("duplicate".into(), true.into());
+                (StatusCode::OK, Json(Value::Object(m))).into_response()
+            }
+        })
+    }
+    .await;
+    app.witness.metrics().observe_commit(started.elapsed());
+    respond(&app, r)
+}
+
+#[derive(Deserialize)]
+struct PullQuery {
+    after: Option<String>,
+    limit: Option<String>,
+    wait: Option<String>,
+}
+
+fn number(name: &str, v: Option<&str>, default: u64) -> Result<u64, Problem> {
+    match v {
+        None | Some("") => Ok(default),
+        Some(s) => s.parse().map_err(|_| {
+            Problem::new(
+                Code::BadRequest,
+                format!("query parameter {name} must be a non-negative integer"),
+            )
+        }),
+    }
+}
+
+async fn read_commits(
+    app: &Arc<App>,
+    group: &Arc<Group>,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<StoredCommit>, Problem> {
+    let (w, g) = (app.witness.clone(), group.clone());
+    tokio::task::spawn_blocking(move || w.commits_after(&g, after, limit, PAGE_BYTES))
+        .await
+        .map_err(|e| Problem::new(Code::Unavailable, e.to_string()))?
+}
+
+async fn get_commits(
+    State(app): State<Arc<App>>,
+    Path(g): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<PullQuery>,
+) -> Response {
+    let r = async {
+        authorize(&app, &headers, &g, Role::Read)?;
+        let group = find(&app, &g)?;
+        let after = number("after", q.after.as_deref(), 0)?;
+        let limit = number("limit", q.limit.as_deref(), 100)?.clamp(1, MAX_LIMIT as u64) as usize;
+        let wait = number("wait", q.wait.as_deref(), 0)?.min(MAX_WAIT);
+        if wait > 0 && group.head().seq <= after {
+            let mut rx = group.info.head.subscribe();
+            let _ = tokio::time::timeout(Duration::from_secs(wait), rx.wait_for(|h| h.seq > after))
+                .await;
+        }
+        let commits = read_commits(&app, &group, after, limit).await?;
+        let head = group.head();
+        Ok(Json(json!({
+            "group": group.info.name,
+            "head": {"seq": head.seq, "head": hex(&head.head), "state": hex(&head.state)},
+            "commits": commits.iter().map(commit_json).collect::<Vec<_>>(),
+        }))
+        .into_response())
+    }
+    .await;
+    respond(&app, r)
+}
+
+#[derive(Deserialize)]
+struct WatchQuery {
+    after: Option<String>,
+}
+
+async fn watch(
+    State(app): State<Arc<App>>,
+    Path(g): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<WatchQuery>,
+) -> Response {
+    let r = (|| {
+        authorize(&app, &headers, &g, Role::Read)?;
+        let group = find(&app, &g)?;
+        // A reconnecting EventSource resumes from the last id it saw.
+        let resume = headers
+            .get("Last-Event-ID")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let after = number("after", resume.as_deref().or(q.after.as_deref()), 0)?;
+        let rx = group.info.head.subscribe();
+        let state = (
+            app.clone(),
+            group,
+            after,
+            rx,
+            VecDeque::<StoredCommit>::new(),
+        );
+        let stream = futures_util::stream::unfold(
+            state,
+            |(app, group, mut after, mut rx, mut buf)| async move {
+                loop {
+                    if let Some(c) = buf.pop_front() {
+                        after = c.cert.seq;
+                        let ev = Event::default()
+                            .event("commit")
+                            .id(c.cert.seq.to_string())
+                            .data(commit_json(&c).to_string());
+                        return Some((Ok::<_, Infallible>(ev), (app, group, after, rx, buf)));
+                    }
+                    if group.head().seq > after {
+                        match read_commits(&app, &group, after, MAX_LIMIT).await {
+                            Ok(c) if !c.is_empty() => {
+                                buf.extend(c);
+                                continue;
+                            }
+                            Ok(_) => {}
+                            Err(p) => {
+                                let ev = Event::default()
+                                    .event("error")
+                                    .data(p.to_json().to_string());
+                                return Some((Ok(ev), (app, group, u64::MAX, rx, buf)));
+                            }
+                        }
+                    }
+                    if after == u64::MAX || rx.wait_for(|h| h.seq > after).await.is_err() {
+                        return None;
+                    }
+                }
+            },
+        );
+        Ok(Sse::new(stream)
+            .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+            .into_response())
+    })();
+    respond(&app, r)
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let text = app.witness.metrics().render(
+        app.witness.group_count(),
+        app.witness
+            .store()
+            .syncs
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}

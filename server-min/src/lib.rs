@@ -1,0 +1,27 @@
+//! `pdb-witness`: orders each group's commits into one signed history (DESIGN §5).
+//!
+//! - [`witness`]: the core — data directory, groups, start-up recovery.
+//! - [`group`]: one group's sequencer, where a commit is checked, applied and certified.
+//! - [`replica`]: a group's tables, kept at the head with the session extension.
+//! - [`store`]: the durable history (`witness.db`) and its group-commit writer.
+//! - [`http`], [`request`], [`auth`], [`problem`]: the HTTP API over the core.
+//! - [`keys`], [`backup`], [`metrics`]: operations.
+
+pub mod auth;
+pub mod backup;
+pub mod group;
+pub mod http;
+pub mod keys;
+pub mod metrics;
+pub mod problem;
+pub mod replica;
+pub mod request;
+pub mod store;
+pub mod witness;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,518 @@
+//! A group's replica: its tables at the head, maintained by applying every accepted
+//! changeset with the real session extension (`sqlite3changeset_apply`), plus the
+//! bookkeeping of `sql/replica.sql`. Also where a changeset is checked against the
+//! group's schema, since the session extension silently skips tables it cannot match.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use pdb_client::cert::Hash;
+use pdb_client::changeset::{self, Op};
+use pdb_client::db::rusqlite_impl::{from_rusqlite, to_rusqlite};
+use pdb_client::schema::{self, quote, TableInfo};
+use pdb_client::state::StateVector;
+use pdb_client::value::{decode_field, Value};
+use rusqlite::session::{ConflictAction, ConflictType};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::json;
+
+/// The DDL of the replica's bookkeeping tables.
+pub const REPLICA_SQL: &str = include_str!("../../sql/replica.sql");
+
+/// Why a changeset was not applied.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Not a changeset of this group's tables (the message names table and column).
+    Invalid(String),
+    /// It does not apply cleanly; one JSON object per conflicting row.
+    Conflict(Vec<serde_json::Value>),
+    /// Storage failed.
+    Storage(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for Refusal {
+    fn from(e: rusqlite::Error) -> Self {
+        Refusal::Storage(e)
+    }
+}
+
+/// Why a group's DDL was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// The DDL does not run, or creates something a group cannot hold.
+    #[error("{0}")]
+    Invalid(String),
+    /// Storage failed.
+    #[error("replica storage: {0}")]
+    Storage(#[from] rusqlite::Error),
+}
+
+/// The rows a changeset touches: (table index, primary-key values), each row once.
+#[derive(Debug, Default)]
+pub struct Touched {
+    rows: Vec<(usize, Vec<Value>)>,
+}
+
+struct Table {
+    info: TableInfo,
+    select_by_key: String,
+}
+
+/// A group's replica database.
+pub struct Replica {
+    conn: Connection,
+    tables: Vec<Table>,
+    by_name: HashMap<String, usize>,
+    schema_hash: Hash,
+}
+
+/// The last applied commit: seq, head and state vector.
+#[derive(Debug, Clone)]
+pub struct Position {
+    /// Seq of the last applied commit (0 = none).
+    pub seq: u64,
+    /// Its head (the genesis head when seq is 0).
+    pub head: Hash,
+    /// The state vector after it.
+    pub state: StateVector,
+}
+
+fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // The history store is durable; a replica that loses its last transactions on
+    // power loss is caught up from it at start-up, so NORMAL is enough here.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // Foreign-key actions would change rows no changeset names; the witness keeps the
+    // group's declared keys but does not enforce them (ARCHITECTURE.md).
+    conn.pragma_update(None, "foreign_keys", false)?;
+    conn.pragma_update(None, "cache_size", -1024)?;
+    Ok(conn)
+}
+
+/// Runs `ddl` in `conn` and reads back the tables it made, refusing anything but
+/// trackable tables and their indexes.
+fn install_schema(conn: &Connection, ddl: &str) -> Result<Vec<TableInfo>, SchemaError> {
+    conn.execute_batch(ddl)
+        .map_err(|e| SchemaError::Invalid(format!("the DDL does not run: {e}")))?;
+    let objects: Vec<(String, String)> = {
+        let mut stmt = conn.prepare(
+            "SELECT type, name FROM sqlite_schema WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
+             ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let mut tables = Vec::new();
+    for (kind, name) in objects {
+        match kind.as_str() {
+            "table" => tables.push(
+                schema::table_info(conn, &name).map_err(|e| SchemaError::Invalid(e.to_string()))?,
+            ),
+            "index" => {}
+            other => {
+                return Err(SchemaError::Invalid(format!(
+                    "the DDL creates {other} \"{name}\"; a group holds only tables and indexes"
+                )))
+            }
+        }
+    }
+    if tables.is_empty() {
+        return Err(SchemaError::Invalid("the DDL creates no table".into()));
+    }
+    tables.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(tables)
+}
+
+/// Checks `ddl` in a scratch in-memory database: the tables and schema hash it yields.
+pub fn check_ddl(ddl: &str) -> Result<(Vec<TableInfo>, Hash), SchemaError> {
+    let conn = Connection::open_in_memory()?;
+    let tables = install_schema(&conn, ddl)?;
+    let hash = schema::schema_hash(&tables);
+    Ok((tables, hash))
+}
+
+impl Replica {
+    /// Creates a new replica at `path` (which must not exist) with the group's `ddl`.
+    pub fn create(path: &Path, ddl: &str, genesis: Hash) -> Result<Replica, SchemaError> {
+        let conn = open_conn(path)?;
+        conn.execute_batch("BEGIN")?;
+        let tables = install_schema(&conn, ddl)?;
+        conn.execute_batch(REPLICA_SQL)?;
+        conn.execute(
+            "INSERT INTO pdb_replica(key, value) VALUES ('seq', 0), ('head', ?1), ('state', ?2)",
+            params![&genesis[..], StateVector::new().to_bytes()],
+        )?;
+        conn.execute_batch("COMMIT")?;
+        Ok(Replica::from_parts(conn, tables))
+    }
+
+    /// Opens an existing replica; `None` if the file is missing or was never finished.
+    pub fn open(path: &Path) -> Result<Option<Replica>, SchemaError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = open_conn(path)?;
+        let finished: bool = conn.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'pdb_replica'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !finished {
+            return Ok(None);
+        }
+        let names: Vec<String> = {
+            let mut stmt = conn.prepare(
+                "SELECT name FROM sqlite_schema WHERE type = 'table' \
+                 AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE 'pdb\\_%' ESCAPE '\\' \
+                 ORDER BY name",
+            )?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut tables = Vec::new();
+        for name in names {
+            tables.push(
+                schema::table_info(&conn, &name)
+                    .map_err(|e| SchemaError::Invalid(e.to_string()))?,
+            );
+        }
+        Ok(Some(Replica::from_parts(conn, tables)))
+    }
+
+    fn from_parts(conn: Connection, infos: Vec<TableInfo>) -> Replica {
+        let schema_hash = schema::schema_hash(&infos);
+        let tables: Vec<Table> = infos
+            .into_iter()
+            .map(|info| {
+                let cols: Vec<String> = info.columns.iter().map(|c| quote(&c.name)).collect();
+                let cond: Vec<String> = info
+                    .pk_columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &c)| format!("{} IS ?{}", quote(&info.columns[c].name), i + 1))
+                    .collect();
+                let select_by_key = format!(
+                    "SELECT {} FROM main.{} WHERE {}",
+                    cols.join(", "),
+                    quote(&info.name),
+                    cond.join(" AND ")
+                );
+                Table {
+                    info,
+                    select_by_key,
+                }
+            })
+            .collect();
+        let by_name = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.info.name.clone(), i))
+            .collect();
+        Replica {
+            conn,
+            tables,
+            by_name,
+            schema_hash,
+        }
+    }
+
+    /// The schema hash of the replica's tables.
+    pub fn schema_hash(&self) -> Hash {
+        self.schema_hash
+    }
+
+    /// The replica's tables, in name order.
+    pub fn tables(&self) -> impl Iterator<Item = &TableInfo> {
+        self.tables.iter().map(|t| &t.info)
+    }
+
+    /// The last applied commit.
+    pub fn position(&self) -> Result<Position, rusqlite::Error> {
+        let get = |k: &str| {
+            self.conn
+                .query_row("SELECT value FROM pdb_replica WHERE key = ?1", [k], |r| {
+                    r.get::<_, rusqlite::types::Value>(0)
+                })
+        };
+        let seq = match get("seq")? {
+            rusqlite::types::Value::Integer(i) => i as u64,
+            _ => 0,
+        };
+        let head = match get("head")? {
+            rusqlite::types::Value::Blob(b) => b.try_into().unwrap_or([0; 32]),
+            _ => [0; 32],
+        };
+        let state = match get("state")? {
+            rusqlite::types::Value::Blob(b) => StateVector::from_bytes(&b).unwrap_or_default(),
+            _ => StateVector::new(),
+        };
+        Ok(Position { seq, head, state })
+    }
+
+    /// Records the last applied commit (inside the batch's transaction).
+    pub fn set_position(&self, pos: &Position) -> rusqlite::Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("UPDATE pdb_replica SET value = ?2 WHERE key = ?1")?;
+        stmt.execute(params!["seq", pos.seq as i64])?;
+        stmt.execute(params!["head", &pos.head[..]])?;
+        stmt.execute(params!["state", pos.state.to_bytes()])?;
+        Ok(())
+    }
+
+    /// Opens the write transaction a batch of commits runs in.
+    pub fn begin(&self) -> rusqlite::Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")
+    }
+
+    /// Commits the batch's transaction.
+    pub fn commit(&self) -> rusqlite::Result<()> {
+        self.conn.execute_batch("COMMIT")
+    }
+
+    /// Undoes the batch's transaction.
+    pub fn rollback(&self) -> rusqlite::Result<()> {
+        if self.conn.is_autocommit() {
+            return Ok(());
+        }
+        self.conn.execute_batch("ROLLBACK")
+    }
+
+    /// The seq and changeset hash a key was used with, if any.
+    pub fn idempotency(&self, key: &str) -> rusqlite::Result<Option<(u64, Hash)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, changeset_hash FROM pdb_replica_idem WHERE key = ?1")?;
+        stmt.query_row([key], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+            .optional()
+    }
+
+    /// Remembers the key of an applied commit.
+    pub fn record_key(&self, key: &str, seq: u64, changeset_hash: &Hash) -> rusqlite::Result<()> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO pdb_replica_idem(key, seq, changeset_hash) VALUES (?1, ?2, ?3)",
+        )?;
+        stmt.execute(params![key, seq as i64, &changeset_hash[..]])?;
+        Ok(())
+    }
+
+    /// Parses `cs` and checks it names only this group's tables, with their column
+    /// count and primary key, and a defined, non-NULL key in every change.
+    pub fn validate(&self, cs: &[u8]) -> Result<Touched, Refusal> {
+        let parsed = changeset::parse(cs).map_err(|e| Refusal::Invalid(e.to_string()))?;
+        let mut touched = Touched::default();
+        let mut seen = HashSet::new();
+        for (header, changes) in &parsed {
+            let Some(&ti) = self.by_name.get(header.name) else {
+                return Err(Refusal::Invalid(format!(
+                    "unknown table \"{}\": the group has {}",
+                    header.name,
+                    self.tables
+                        .iter()
+                        .map(|t| format!("\"{}\"", t.info.name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            };
+            let info = &self.tables[ti].info;
+            if header.n_col() != info.columns.len() {
+                return Err(Refusal::Invalid(format!(
+                    "table \"{}\": the changeset has {} columns, the group's table has {}",
+                    info.name,
+                    header.n_col(),
+                    info.columns.len()
+                )));
+            }
+            if header.pk != info.pk_flags().as_slice() {
+                return Err(Refusal::Invalid(format!(
+                    "table \"{}\": the changeset's primary key columns differ from the group's",
+                    info.name
+                )));
+            }
+            let pk = info.pk_columns();
+            for change in changes {
+                let rec = change.key_record();
+                let mut key = Vec::with_capacity(pk.len());
+                for &c in &pk {
+                    match decode_field(rec[c]) {
+                        Some(v) if v != pdb_client::ValueRef::Null => key.push(v.to_owned()),
+                        _ => {
+                            return Err(Refusal::Invalid(format!(
+                                "table \"{}\": a change has no value for key column \"{}\"",
+                                info.name, info.columns[c].name
+                            )))
+                        }
+                    }
+                }
+                if seen.insert((ti, change.key(header.pk))) {
+                    touched.rows.push((ti, key));
+                }
+            }
+            if changes.is_empty() {
+                return Err(Refusal::Invalid(format!(
+                    "table \"{}\": header without changes",
+                    info.name
+                )));
+            }
+        }
+        if touched.rows.is_empty() {
+            return Err(Refusal::Invalid("the changeset is empty".into()));
+        }
+        Ok(touched)
+    }
+
+    fn read_row(&self, table: usize, key: &[Value]) -> rusqlite::Result<Option<Vec<Value>>> {
+        let t = &self.tables[table];
+        let mut stmt = self.conn.prepare_cached(&t.select_by_key)?;
+        for (i, v) in key.iter().enumerate() {
+            stmt.raw_bind_parameter(
+                i + 1,
+                rusqlite::types::ToSqlOutput::Borrowed(to_rusqlite(v.as_ref())),
+            )?;
+        }
+        let mut rows = stmt.raw_query();
+        match rows.next()? {
+            Some(row) => {
+                let mut vals = Vec::with_capacity(t.info.columns.len());
+                for i in 0..t.info.columns.len() {
+                    vals.push(from_rusqlite(row.get_ref(i)?).to_owned());
+                }
+                Ok(Some(vals))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Applies a validated changeset with `sqlite3changeset_apply`, aborting on the
+    /// first conflict of any kind (nothing is left applied then), and moves `state`
+    /// by the rows it changed, read back from the tables themselves (so values are as
+    /// SQLite stored them, after column affinity).
+    pub fn apply(
+        &self,
+        cs: &[u8],
+        touched: &Touched,
+        state: &mut StateVector,
+    ) -> Result<(), Refusal> {
+        self.conn.execute_batch("SAVEPOINT pdb_apply")?;
+        let result = self.apply_inner(cs, touched, state);
+        if result.is_err() {
+            self.conn.execute_batch("ROLLBACK TO pdb_apply")?;
+        }
+        self.conn.execute_batch("RELEASE pdb_apply")?;
+        result
+    }
+
+    fn apply_inner(
+        &self,
+        cs: &[u8],
+        touched: &Touched,
+        state: &mut StateVector,
+    ) -> Result<(), Refusal> {
+        let mut before = Vec::with_capacity(touched.rows.len());
+        for (t, key) in &touched.rows {
+            before.push(self.read_row(*t, key)?);
+        }
+        let conflicts: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let sink = conflicts.clone();
+        let mut input: &[u8] = cs;
+        let applied =
+            self.conn
+                .apply_strm(&mut input, None::<fn(&str) -> bool>, move |kind, item| {
+                    let row = describe_conflict(&kind, &item);
+                    sink.lock().unwrap_or_else(|e| e.into_inner()).push(row);
+                    ConflictAction::SQLITE_CHANGESET_ABORT
+                });
+        if let Err(e) = applied {
+            let found = std::mem::take(&mut *conflicts.lock().unwrap_or_else(|e| e.into_inner()));
+            if found.is_empty() {
+                return Err(Refusal::Storage(e));
+            }
+            return Err(Refusal::Conflict(found));
+        }
+        let mut after = Vec::with_capacity(touched.rows.len());
+        for (t, key) in &touched.rows {
+            after.push(self.read_row(*t, key)?);
+        }
+        for (((t, _), old), new) in touched.rows.iter().zip(&before).zip(&after) {
+            if old == new {
+                continue;
+            }
+            let name = &self.tables[*t].info.name;
+            if let Some(old) = old {
+                state.remove_row(name, &old.iter().map(Value::as_ref).collect::<Vec<_>>());
+            }
+            if let Some(new) = new {
+                state.add_row(name, &new.iter().map(Value::as_ref).collect::<Vec<_>>());
+            }
+        }
+        Ok(())
+    }
+
+    /// The state vector recomputed from every row of the replica's tables.
+    pub fn full_state(&self) -> rusqlite::Result<StateVector> {
+        let mut state = StateVector::new();
+        for t in &self.tables {
+            let cols: Vec<String> = t.info.columns.iter().map(|c| quote(&c.name)).collect();
+            let sql = format!(
+                "SELECT {} FROM main.{}",
+                cols.join(", "),
+                quote(&t.info.name)
+            );
+            let mut stmt = self.conn.prepare(&sql)?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let vals: Vec<_> = (0..cols.len())
+                    .map(|i| row.get_ref(i).map(from_rusqlite))
+                    .collect::<rusqlite::Result<_>>()?;
+                state.add_row(&t.info.name, &vals);
+            }
+        }
+        Ok(state)
+    }
+}
+
+fn describe_conflict(
+    kind: &ConflictType,
+    item: &rusqlite::session::ChangesetItem,
+) -> serde_json::Value {
+    let reason = match kind {
+        ConflictType::SQLITE_CHANGESET_DATA => "data",
+        ConflictType::SQLITE_CHANGESET_NOTFOUND => "notfound",
+        ConflictType::SQLITE_CHANGESET_CONFLICT => "conflict",
+        ConflictType::SQLITE_CHANGESET_CONSTRAINT => "constraint",
+        ConflictType::SQLITE_CHANGESET_FOREIGN_KEY => "foreign_key",
+        _ => "unknown",
+    };
+    let Ok(op) = item.op() else {
+        return json!({ "reason": reason });
+    };
+    let code = op.code();
+    let (name, n) = (op.table_name().to_string(), op.number_of_columns());
+    let mut key = Vec::new();
+    if let Ok(pk) = item.pk() {
+        for (i, flag) in pk.iter().enumerate().take(n.max(0) as usize) {
+            if *flag == 0 {
+                continue;
+            }
+            let v = if code == rusqlite::hooks::Action::SQLITE_INSERT {
+                item.new_value(i)
+            } else {
+                item.old_value(i)
+            };
+            if let Ok(v) = v {
+                let mut s = String::new();
+                pdb_client::changeset::value_json(&mut s, from_rusqlite(v));
+                key.push(serde_json::from_str::<serde_json::Value>(&s).unwrap_or_default());
+            }
+        }
+    }
+    let op_name = match code {
+        rusqlite::hooks::Action::SQLITE_INSERT => Op::Insert.name(),
+        rusqlite::hooks::Action::SQLITE_UPDATE => Op::Update.name(),
+        _ => Op::Delete.name(),
+    };
+    json!({ "table": name, "op": op_name, "key": key, "reason": reason })
+}

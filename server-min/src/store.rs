@@ -1,0 +1,369 @@
+//! The history store: `witness.db` (see `sql/witness.sql`), written by one thread that
+//! batches the commits of every group into one transaction, so one fsync certifies many
+//! commits (group commit), and read through a small pool of connections.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use pdb_client::cert::{Certificate, Hash};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+/// The DDL of the history store.
+pub const WITNESS_SQL: &str = include_str!("../../sql/witness.sql");
+
+/// A storage failure; nothing it touched was certified.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error.
+    #[error("history store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The writer thread is gone (the process is shutting down).
+    #[error("history store writer has stopped")]
+    Stopped,
+    /// What is on disk contradicts itself.
+    #[error("history store is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+/// One certified commit as stored and served.
+#[derive(Debug, Clone)]
+pub struct StoredCommit {
+    /// Its certificate.
+    pub cert: Certificate,
+    /// `Pdb-Client` of the device that submitted it.
+    pub client: Option<String>,
+    /// `Pdb-Meta` as submitted.
+    pub meta: Option<String>,
+    /// The payload (a changeset).
+    pub changeset: Bytes,
+}
+
+/// A group as registered in the history store.
+#[derive(Debug, Clone)]
+pub struct GroupRow {
+    /// Row id, used as the group's key in `commits`.
+    pub id: i64,
+    /// Group name.
+    pub name: String,
+    /// DDL of its tables.
+    pub ddl: String,
+    /// Its schema hash.
+    pub schema_hash: Hash,
+}
+
+enum WriteOp {
+    Commits {
+        group_id: i64,
+        commits: Vec<StoredCommit>,
+        done: SyncSender<Result<(), String>>,
+    },
+    CreateGroup {
+        name: String,
+        ddl: String,
+        schema_hash: Hash,
+        done: SyncSender<Result<i64, String>>,
+    },
+}
+
+/// Handle to the history store.
+pub struct Store {
+    path: PathBuf,
+    writer: Mutex<Sender<WriteOp>>,
+    readers: Mutex<Vec<Connection>>,
+    /// Transactions the writer has committed (each is one sync of the log to disk).
+    pub syncs: Arc<AtomicU64>,
+}
+
+fn open_rw(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // WAL + NORMAL may lose the last transactions on power loss; a witness that forgets
+    // a certified commit would later sign another at the same seq (DESIGN §5).
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path` and starts its writer thread.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = open_rw(path)?;
+        conn.execute_batch(WITNESS_SQL)?;
+        let (tx, rx) = mpsc::channel();
+        let syncs = Arc::new(AtomicU64::new(0));
+        let counter = syncs.clone();
+        std::thread::Builder::new()
+            .name("pdb-log-writer".into())
+            .spawn(move || writer_loop(conn, rx, &counter))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start writer: {e}")))?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            writer: Mutex::new(tx),
+            readers: Mutex::new(Vec::new()),
+            syncs,
+        })
+    }
+
+    fn send(&self, op: WriteOp) -> Result<(), StoreError> {
+        let tx = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        tx.send(op).map_err(|_| StoreError::Stopped)
+    }
+
+    /// Appends `commits` (consecutive seqs of one group) durably; returns once they
+    /// are synced to disk.
+    pub fn append(&self, group_id: i64, commits: Vec<StoredCommit>) -> Result<(), StoreError> {
+        let (done, wait) = mpsc::sync_channel(1);
+        self.send(WriteOp::Commits {
+            group_id,
+            commits,
+            done,
+        })?;
+        match wait.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Corrupt(e)),
+            Err(_) => Err(StoreError::Stopped),
+        }
+    }
+
+    /// Registers a group durably and returns its id.
+    pub fn create_group(
+        &self,
+        name: &str,
+        ddl: &str,
+        schema_hash: Hash,
+    ) -> Result<i64, StoreError> {
+        let (done, wait) = mpsc::sync_channel(1);
+        self.send(WriteOp::CreateGroup {
+            name: name.to_string(),
+            ddl: ddl.to_string(),
+            schema_hash,
+            done,
+        })?;
+        match wait.recv() {
+            Ok(Ok(id)) => Ok(id),
+            Ok(Err(e)) => Err(StoreError::Corrupt(e)),
+            Err(_) => Err(StoreError::Stopped),
+        }
+    }
+
+    /// Runs `f` on a pooled read connection.
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                c.busy_timeout(std::time::Duration::from_secs(10))?;
+                c.pragma_update(None, "query_only", true)?;
+                c
+            }
+        };
+        let out = f(&conn);
+        let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < 8 {
+            pool.push(conn);
+        }
+        Ok(out?)
+    }
+
+    /// Every registered group.
+    pub fn groups(&self) -> Result<Vec<GroupRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare("SELECT id, name, ddl, schema_hash FROM groups ORDER BY id")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(GroupRow {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    ddl: r.get(2)?,
+                    schema_hash: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// The highest seq stored for a group (0 if none).
+    pub fn last_seq(&self, group_id: i64) -> Result<u64, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT coalesce(max(seq), 0) FROM commits WHERE group_id = ?1",
+                [group_id],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .map(|s| s as u64)
+    }
+
+    /// `head(seq)` as stored, if the group has that commit.
+    pub fn head_at(&self, group_id: i64, seq: u64) -> Result<Option<Hash>, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT head FROM commits WHERE group_id = ?1 AND seq = ?2",
+                params![group_id, seq as i64],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    /// Commits after `after`, in order: at most `limit`, and no more than `max_bytes` of
+    /// changesets (but always at least one, so a large commit can still be read).
+    pub fn commits_after(
+        &self,
+        group_id: i64,
+        group: &str,
+        witness_key: [u8; 32],
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredCommit>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, prev, head, state, changeset_hash, idempotency_key, client_id, \
+                 meta, committed_at, signature, changeset FROM commits \
+                 WHERE group_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let mut rows = stmt.query(params![group_id, after as i64, limit as i64])?;
+            let mut out = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(r) = rows.next()? {
+                let changeset: Vec<u8> = r.get(10)?;
+                bytes += changeset.len();
+                if !out.is_empty() && bytes > max_bytes {
+                    break;
+                }
+                let signature: Vec<u8> = r.get(9)?;
+                out.push(StoredCommit {
+                    cert: Certificate {
+                        group: group.to_string(),
+                        seq: r.get::<_, i64>(0)? as u64,
+                        prev: r.get(1)?,
+                        head: r.get(2)?,
+                        state: r.get(3)?,
+                        changeset_hash: r.get(4)?,
+                        idempotency_key: r.get(5)?,
+                        committed_at: r.get(8)?,
+                        witness_key,
+                        signature: signature.try_into().unwrap_or([0; 64]),
+                    },
+                    client: r.get(6)?,
+                    meta: r.get(7)?,
+                    changeset: Bytes::from(changeset),
+                });
+            }
+            Ok(out)
+        })
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: Receiver<WriteOp>, syncs: &AtomicU64) {
+    while let Ok(first) = rx.recv() {
+        let mut ops = vec![first];
+        while ops.len() < 4096 {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        let outcome = write_batch(&mut conn, &ops);
+        if outcome.is_ok() {
+            syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        for (i, op) in ops.into_iter().enumerate() {
+            let result = match &outcome {
+                Ok(per_op) => per_op[i].clone(),
+                Err(e) => Err(e.to_string()),
+            };
+            match op {
+                WriteOp::Commits { done, .. } => {
+                    let _ = done.send(result.map(|_| ()));
+                }
+                WriteOp::CreateGroup { done, .. } => {
+                    let _ = done.send(result);
+                }
+            }
+        }
+    }
+}
+
+/// Writes every op in one transaction; each op in its own savepoint so that one bad op
+/// (which would be a bug) fails alone instead of leaving half of a group's batch.
+fn write_batch(
+    conn: &mut Connection,
+    ops: &[WriteOp],
+) -> rusqlite::Result<Vec<Result<i64, String>>> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        tx.execute_batch("SAVEPOINT op")?;
+        let r = write_op(&tx, op);
+        match r {
+            Ok(id) => {
+                tx.execute_batch("RELEASE op")?;
+                results.push(Ok(id));
+            }
+            Err(e) => {
+                tx.execute_batch("ROLLBACK TO op; RELEASE op")?;
+                results.push(Err(e.to_string()));
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(results)
+}
+
+fn write_op(conn: &Connection, op: &WriteOp) -> rusqlite::Result<i64> {
+    match op {
+        WriteOp::Commits {
+            group_id, commits, ..
+        } => {
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO commits (group_id, seq, prev, head, state, changeset_hash, \
+                 idempotency_key, client_id, meta, committed_at, signature, changeset) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?;
+            for c in commits {
+                stmt.execute(params![
+                    group_id,
+                    c.cert.seq as i64,
+                    c.cert.prev,
+                    c.cert.head,
+                    c.cert.state,
+                    c.cert.changeset_hash,
+                    c.cert.idempotency_key,
+                    c.client,
+                    c.meta,
+                    c.cert.committed_at,
+                    &c.cert.signature[..],
+                    &c.changeset[..],
+                ])?;
+            }
+            Ok(0)
+        }
+        WriteOp::CreateGroup {
+            name,
+            ddl,
+            schema_hash,
+            ..
+        } => conn.query_row(
+            "INSERT INTO groups (name, ddl, schema_hash, created_at) VALUES (?1, ?2, ?3, ?4) \
+             RETURNING id",
+            params![name, ddl, schema_hash, crate::now_ms()],
+            |r| r.get(0),
+        ),
+    }
+}

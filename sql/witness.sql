@@ -1,0 +1,30 @@
+-- The witness's history store (DATA/witness.db): every group and every certified
+-- commit. It is the source of truth; the per-group replicas (DATA/groups/<g>.db) are
+-- derived from it and rebuilt or caught up from it at start-up. Opened with
+-- journal_mode=WAL and synchronous=FULL: a commit is on disk before its certificate
+-- leaves the process.
+
+CREATE TABLE IF NOT EXISTS groups (
+  id          INTEGER PRIMARY KEY,
+  name        TEXT NOT NULL UNIQUE,   -- the {g} of the HTTP API
+  ddl         TEXT NOT NULL,          -- CREATE statements of the tracked tables, as given
+  schema_hash BLOB NOT NULL,          -- DESIGN §4 over the tables the DDL creates
+  created_at  INTEGER NOT NULL        -- unix ms
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS commits (
+  group_id        INTEGER NOT NULL REFERENCES groups(id),
+  seq             INTEGER NOT NULL,   -- 1, 2, ... per group, no gaps
+  prev            BLOB NOT NULL,      -- head(seq - 1)
+  head            BLOB NOT NULL,      -- head(seq)
+  state           BLOB NOT NULL,      -- state(seq)
+  changeset_hash  BLOB NOT NULL,
+  idempotency_key TEXT NOT NULL,
+  client_id       TEXT,               -- Pdb-Client of the submitter
+  meta            TEXT,               -- Pdb-Meta as given
+  committed_at    INTEGER NOT NULL,   -- unix ms
+  signature       BLOB NOT NULL,      -- Ed25519 over the certificate message
+  changeset       BLOB NOT NULL,
+  PRIMARY KEY (group_id, seq),
+  UNIQUE (group_id, idempotency_key)
+) STRICT;
