@@ -13,6 +13,8 @@ use pdb_client::changeset::{self, Writer};
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
+pub mod witness;
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
