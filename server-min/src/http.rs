@@ -354,7 +354,9 @@ async fn watch(
                                 buf.extend(c);
                                 continue;
                             }
-                            Ok(_) => {}
+                            // The head is published only after the history holds
+                            // it, so this cannot last; do not spin meanwhile.
+                            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                             Err(p) => {
                                 let ev = Event::default()
                                     .event("error")

@@ -263,14 +263,19 @@ impl Replica {
         Ok(())
     }
 
+    /// Runs a statement without parameters, prepared once per connection.
+    fn exec(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([]).map(|_| ())
+    }
+
     /// Opens the write transaction a batch of commits runs in.
     pub fn begin(&self) -> rusqlite::Result<()> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")
+        self.exec("BEGIN IMMEDIATE")
     }
 
     /// Commits the batch's transaction.
     pub fn commit(&self) -> rusqlite::Result<()> {
-        self.conn.execute_batch("COMMIT")
+        self.exec("COMMIT")
     }
 
     /// Undoes the batch's transaction.
@@ -278,7 +283,7 @@ impl Replica {
         if self.conn.is_autocommit() {
             return Ok(());
         }
-        self.conn.execute_batch("ROLLBACK")
+        self.exec("ROLLBACK")
     }
 
     /// The seq and changeset hash a key was used with, if any.
@@ -396,12 +401,12 @@ impl Replica {
         touched: &Touched,
         state: &mut StateVector,
     ) -> Result<(), Refusal> {
-        self.conn.execute_batch("SAVEPOINT pdb_apply")?;
+        self.exec("SAVEPOINT pdb_apply")?;
         let result = self.apply_inner(cs, touched, state);
         if result.is_err() {
-            self.conn.execute_batch("ROLLBACK TO pdb_apply")?;
+            self.exec("ROLLBACK TO pdb_apply")?;
         }
-        self.conn.execute_batch("RELEASE pdb_apply")?;
+        self.exec("RELEASE pdb_apply")?;
         result
     }
 
