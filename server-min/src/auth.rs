@@ -142,9 +142,11 @@ impl Auth {
                 "missing Authorization: Bearer <token>",
             ));
         };
+        // The scheme name is case-insensitive (RFC 9110 §11.1).
         let token = h
-            .strip_prefix("Bearer ")
-            .or_else(|| h.strip_prefix("bearer "))
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t)
             .ok_or_else(|| {
                 Problem::new(Code::Unauthorized, "Authorization is not a Bearer token")
             })?;

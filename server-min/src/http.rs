@@ -18,7 +18,7 @@ use pdb_client::cert::hex;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::{Auth, Role};
+use crate::auth::{Auth, Claims, Role};
 use crate::group::{Accepted, CommitRequest, Group};
 use crate::problem::{Code, Problem};
 use crate::store::StoredCommit;
@@ -82,11 +82,17 @@ fn respond(app: &App, r: Result<Response, Problem>) -> Response {
     }
 }
 
-fn authorize(app: &App, headers: &HeaderMap, group: &str, need: Role) -> Result<(), Problem> {
+fn authorize(app: &App, headers: &HeaderMap, group: &str, need: Role) -> Result<Claims, Problem> {
     let h = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    app.auth.check(h, group, need).map(|_| ())
+    app.auth.check(h, group, need)
+}
+
+/// When a token stops being valid: long-polls and watch streams end there.
+fn expiry(claims: &Claims) -> tokio::time::Instant {
+    let left = claims.exp.saturating_sub(crate::now_ms() as u64 / 1000);
+    tokio::time::Instant::now() + Duration::from_secs(left.min(365 * 24 * 3600))
 }
 
 fn find(app: &App, name: &str) -> Result<Arc<Group>, Problem> {
@@ -285,15 +291,16 @@ async fn get_commits(
     Query(q): Query<PullQuery>,
 ) -> Response {
     let r = async {
-        authorize(&app, &headers, &g, Role::Read)?;
+        let claims = authorize(&app, &headers, &g, Role::Read)?;
         let group = find(&app, &g)?;
         let after = number("after", q.after.as_deref(), 0)?;
         let limit = number("limit", q.limit.as_deref(), 100)?.clamp(1, MAX_LIMIT as u64) as usize;
         let wait = number("wait", q.wait.as_deref(), 0)?.min(MAX_WAIT);
         if wait > 0 && group.head().seq <= after {
             let mut rx = group.info.head.subscribe();
-            let _ = tokio::time::timeout(Duration::from_secs(wait), rx.wait_for(|h| h.seq > after))
-                .await;
+            let until =
+                expiry(&claims).min(tokio::time::Instant::now() + Duration::from_secs(wait));
+            let _ = tokio::time::timeout_at(until, rx.wait_for(|h| h.seq > after)).await;
         }
         let commits = read_commits(&app, &group, after, limit).await?;
         let head = group.head();
@@ -320,7 +327,8 @@ async fn watch(
     Query(q): Query<WatchQuery>,
 ) -> Response {
     let r = (|| {
-        authorize(&app, &headers, &g, Role::Read)?;
+        let claims = authorize(&app, &headers, &g, Role::Read)?;
+        let deadline = expiry(&claims);
         let group = find(&app, &g)?;
         // A reconnecting EventSource resumes from the last id it saw.
         let resume = headers
@@ -338,7 +346,7 @@ async fn watch(
         );
         let stream = futures_util::stream::unfold(
             state,
-            |(app, group, mut after, mut rx, mut buf)| async move {
+            move |(app, group, mut after, mut rx, mut buf)| async move {
                 loop {
                     if let Some(c) = buf.pop_front() {
                         after = c.cert.seq;
@@ -365,7 +373,11 @@ async fn watch(
                             }
                         }
                     }
-                    if after == u64::MAX || rx.wait_for(|h| h.seq > after).await.is_err() {
+                    // The stream ends when the token expires; the client reconnects
+                    // with a fresh one (and Last-Event-ID).
+                    let woke =
+                        tokio::time::timeout_at(deadline, rx.wait_for(|h| h.seq > after)).await;
+                    if after == u64::MAX || !matches!(woke, Ok(Ok(_))) {
                         return None;
                     }
                 }

@@ -650,3 +650,27 @@ fn restarts_keep_the_history_and_backups_restore_a_consistent_prefix() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+#[test]
+fn a_watch_stream_ends_when_its_token_expires() {
+    let f = start("expiry", &[]);
+    let short = f.w.token("r", "g", "read", 2);
+    let t = Instant::now();
+    let watch = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+        .get(format!("{}/v1/groups/g/watch?after=0", f.c.url))
+        .bearer_auth(short)
+        .send()
+        .unwrap();
+    assert_eq!(watch.status().as_u16(), 200);
+    // Reading to the end returns once the server closes the stream.
+    let mut lines = BufReader::new(watch).lines();
+    while let Some(Ok(_)) = lines.next() {}
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "closed at expiry, after {took:?}"
+    );
+}
