@@ -343,6 +343,14 @@ impl Replica {
                 let mut key = Vec::with_capacity(pk.len());
                 for &c in &pk {
                     match decode_field(rec[c]) {
+                        // A rowid alias holds only integers; SQLite would refuse anything
+                        // else mid-apply (SQLITE_MISMATCH), so refuse it here by name.
+                        Some(v) if info.integer_pk && !matches!(v, pdb_client::ValueRef::Integer(_)) => {
+                            return Err(Refusal::Invalid(format!(
+                                "table \"{}\": key column \"{}\" is an INTEGER PRIMARY KEY, but a change gives it a non-integer value",
+                                info.name, info.columns[c].name
+                            )))
+                        }
                         Some(v) if v != pdb_client::ValueRef::Null => key.push(v.to_owned()),
                         _ => {
                             return Err(Refusal::Invalid(format!(
@@ -416,9 +424,11 @@ impl Replica {
         touched: &Touched,
         state: &mut StateVector,
     ) -> Result<(), Refusal> {
-        let mut before = Vec::with_capacity(touched.rows.len());
+        let mut before = HashMap::new();
         for (t, key) in &touched.rows {
-            before.push(self.read_row(*t, key)?);
+            if let Some(row) = self.read_row(*t, key)? {
+                before.insert(self.identity(*t, &row), (*t, row));
+            }
         }
         let conflicts: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
         let sink = conflicts.clone();
@@ -432,28 +442,47 @@ impl Replica {
                 });
         if let Err(e) = applied {
             let found = std::mem::take(&mut *conflicts.lock().unwrap_or_else(|e| e.into_inner()));
-            if found.is_empty() {
+            if !found.is_empty() {
+                return Err(Refusal::Conflict(found));
+            }
+            if is_storage_failure(&e) {
                 return Err(Refusal::Storage(e));
             }
-            return Err(Refusal::Conflict(found));
+            // Anything else SQLite refuses mid-apply is the changeset's fault.
+            return Err(Refusal::Invalid(format!(
+                "SQLite refused the changeset: {e}"
+            )));
         }
-        let mut after = Vec::with_capacity(touched.rows.len());
+        let mut after = HashMap::new();
         for (t, key) in &touched.rows {
-            after.push(self.read_row(*t, key)?);
+            if let Some(row) = self.read_row(*t, key)? {
+                after.insert(self.identity(*t, &row), (*t, row));
+            }
         }
-        for (((t, _), old), new) in touched.rows.iter().zip(&before).zip(&after) {
-            if old == new {
-                continue;
+        for (id, (t, old)) in &before {
+            if after.get(id).map(|(_, new)| new) != Some(old) {
+                let vals: Vec<_> = old.iter().map(Value::as_ref).collect();
+                state.remove_row(&self.tables[*t].info.name, &vals);
             }
-            let name = &self.tables[*t].info.name;
-            if let Some(old) = old {
-                state.remove_row(name, &old.iter().map(Value::as_ref).collect::<Vec<_>>());
-            }
-            if let Some(new) = new {
-                state.add_row(name, &new.iter().map(Value::as_ref).collect::<Vec<_>>());
+        }
+        for (id, (t, new)) in &after {
+            if before.get(id).map(|(_, old)| old) != Some(new) {
+                let vals: Vec<_> = new.iter().map(Value::as_ref).collect();
+                state.add_row(&self.tables[*t].info.name, &vals);
             }
         }
         Ok(())
+    }
+
+    /// Which row `row` is, as SQLite sees it: its table and its key as stored. Two
+    /// spellings of a key in a changeset (INTEGER 9 and TEXT '9' for an INTEGER column)
+    /// find the same row, and the state must count that row once.
+    fn identity(&self, table: usize, row: &[Value]) -> (usize, Vec<u8>) {
+        let mut key = Vec::new();
+        for c in self.tables[table].info.pk_columns() {
+            row[c].as_ref().encode(&mut key);
+        }
+        (table, key)
     }
 
     /// The state vector recomputed from every row of the replica's tables.
@@ -477,6 +506,27 @@ impl Replica {
         }
         Ok(state)
     }
+}
+
+/// Errors that say the witness's storage failed, as opposed to SQLite refusing what the
+/// changeset asks (a type mismatch, a value too big, ...).
+fn is_storage_failure(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            C::SystemIoFailure
+                | C::DiskFull
+                | C::OutOfMemory
+                | C::DatabaseBusy
+                | C::DatabaseLocked
+                | C::DatabaseCorrupt
+                | C::NotADatabase
+                | C::CannotOpen
+                | C::ReadOnly
+                | C::FileLockingProtocolFailed
+        ) | None
+    )
 }
 
 fn describe_conflict(
