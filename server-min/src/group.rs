@@ -319,8 +319,9 @@ impl Sequencer {
             });
         }
         if let Some((seq, used)) = self
-            .replica
-            .idempotency(&req.idempotency_key)
+            .env
+            .store
+            .idempotency(self.id, &req.idempotency_key)
             .map_err(|e| storage(&e))?
         {
             if used != hash {
@@ -418,9 +419,6 @@ impl Sequencer {
         }
         let seq = self.pos.seq + 1;
         let head = next_head(&self.pos.head, seq, &hash);
-        self.replica
-            .record_key(&req.idempotency_key, seq, &hash)
-            .map_err(|e| storage(&e))?;
         let cert = Certificate::sign(
             &self.env.key,
             &self.name,
@@ -530,9 +528,6 @@ impl Sequencer {
                     "commit {seq} does not reproduce its certified head and state"
                 ));
             }
-            self.replica
-                .record_key(&c.cert.idempotency_key, seq, &c.cert.changeset_hash)
-                .map_err(|e| e.to_string())?;
             pos.seq = seq;
             pos.head = head;
         }

@@ -14,7 +14,7 @@ use pdb_client::schema::{self, quote, TableInfo};
 use pdb_client::state::StateVector;
 use pdb_client::value::{decode_field, Value};
 use rusqlite::session::{ConflictAction, ConflictType};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use serde_json::json;
 
 /// The DDL of the replica's bookkeeping tables.
@@ -142,7 +142,7 @@ impl Replica {
         let tables = install_schema(&conn, ddl)?;
         conn.execute_batch(REPLICA_SQL)?;
         conn.execute(
-            "INSERT INTO pdb_replica(key, value) VALUES ('seq', 0), ('head', ?1), ('state', ?2)",
+            "INSERT INTO pdb_replica(id, seq, head, state) VALUES (1, 0, ?1, ?2)",
             params![&genesis[..], StateVector::new().to_bytes()],
         )?;
         conn.execute_batch("COMMIT")?;
@@ -231,35 +231,27 @@ impl Replica {
 
     /// The last applied commit.
     pub fn position(&self) -> Result<Position, rusqlite::Error> {
-        let get = |k: &str| {
-            self.conn
-                .query_row("SELECT value FROM pdb_replica WHERE key = ?1", [k], |r| {
-                    r.get::<_, rusqlite::types::Value>(0)
+        self.conn.query_row(
+            "SELECT seq, head, state FROM pdb_replica WHERE id = 1",
+            [],
+            |r| {
+                let head: Vec<u8> = r.get(1)?;
+                let state: Vec<u8> = r.get(2)?;
+                Ok(Position {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    head: head.try_into().unwrap_or([0; 32]),
+                    state: StateVector::from_bytes(&state).unwrap_or_default(),
                 })
-        };
-        let seq = match get("seq")? {
-            rusqlite::types::Value::Integer(i) => i as u64,
-            _ => 0,
-        };
-        let head = match get("head")? {
-            rusqlite::types::Value::Blob(b) => b.try_into().unwrap_or([0; 32]),
-            _ => [0; 32],
-        };
-        let state = match get("state")? {
-            rusqlite::types::Value::Blob(b) => StateVector::from_bytes(&b).unwrap_or_default(),
-            _ => StateVector::new(),
-        };
-        Ok(Position { seq, head, state })
+            },
+        )
     }
 
     /// Records the last applied commit (inside the batch's transaction).
     pub fn set_position(&self, pos: &Position) -> rusqlite::Result<()> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("UPDATE pdb_replica SET value = ?2 WHERE key = ?1")?;
-        stmt.execute(params!["seq", pos.seq as i64])?;
-        stmt.execute(params!["head", &pos.head[..]])?;
-        stmt.execute(params!["state", pos.state.to_bytes()])?;
+        let mut stmt = self.conn.prepare_cached(
+            "UPDATE pdb_replica SET seq = ?1, head = ?2, state = ?3 WHERE id = 1",
+        )?;
+        stmt.execute(params![pos.seq as i64, &pos.head[..], pos.state.to_bytes()])?;
         Ok(())
     }
 
@@ -284,24 +276,6 @@ impl Replica {
             return Ok(());
         }
         self.exec("ROLLBACK")
-    }
-
-    /// The seq and changeset hash a key was used with, if any.
-    pub fn idempotency(&self, key: &str) -> rusqlite::Result<Option<(u64, Hash)>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT seq, changeset_hash FROM pdb_replica_idem WHERE key = ?1")?;
-        stmt.query_row([key], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
-            .optional()
-    }
-
-    /// Remembers the key of an applied commit.
-    pub fn record_key(&self, key: &str, seq: u64, changeset_hash: &Hash) -> rusqlite::Result<()> {
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO pdb_replica_idem(key, seq, changeset_hash) VALUES (?1, ?2, ?3)",
-        )?;
-        stmt.execute(params![key, seq as i64, &changeset_hash[..]])?;
-        Ok(())
     }
 
     /// Parses `cs` and checks it names only this group's tables, with their column

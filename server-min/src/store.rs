@@ -84,6 +84,8 @@ fn open_rw(path: &Path) -> rusqlite::Result<Connection> {
     // WAL + NORMAL may lose the last transactions on power loss; a witness that forgets
     // a certified commit would later sign another at the same seq (DESIGN §5).
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Statement journals of a big batch would otherwise spill to temporary files.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)
 }
 
@@ -208,6 +210,17 @@ impl Store {
         .map(|s| s as u64)
     }
 
+    /// The seq and changeset hash an idempotency key was used with in a group, if any.
+    pub fn idempotency(&self, group_id: i64, key: &str) -> Result<Option<(u64, Hash)>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT seq, changeset_hash FROM commits WHERE group_id = ?1 AND idempotency_key = ?2",
+            )?
+            .query_row(params![group_id, key], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+            .optional()
+        })
+    }
+
     /// `head(seq)` as stored, if the group has that commit.
     pub fn head_at(&self, group_id: i64, seq: u64) -> Result<Option<Hash>, StoreError> {
         self.read(|c| {
@@ -300,8 +313,9 @@ fn writer_loop(mut conn: Connection, rx: Receiver<WriteOp>, syncs: &AtomicU64) {
     }
 }
 
-/// Writes every op in one transaction; each op in its own savepoint so that one bad op
-/// (which would be a bug) fails alone instead of leaving half of a group's batch.
+/// Writes every op in one transaction: one sync for all. An op fails only on a bug or
+/// a storage failure, and then the whole transaction fails: the sequencers roll their
+/// batches back, so the history never has a gap.
 fn write_batch(
     conn: &mut Connection,
     ops: &[WriteOp],
@@ -309,18 +323,7 @@ fn write_batch(
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
-        tx.execute_batch("SAVEPOINT op")?;
-        let r = write_op(&tx, op);
-        match r {
-            Ok(id) => {
-                tx.execute_batch("RELEASE op")?;
-                results.push(Ok(id));
-            }
-            Err(e) => {
-                tx.execute_batch("ROLLBACK TO op; RELEASE op")?;
-                results.push(Err(e.to_string()));
-            }
-        }
+        results.push(Ok(write_op(&tx, op)?));
     }
     tx.commit()?;
     Ok(results)

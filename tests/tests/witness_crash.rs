@@ -705,12 +705,9 @@ fn check_group<'a>(
 
     // The replica's own bookkeeping is at the head too.
     let pos: (i64, Vec<u8>) = replica
-        .query_row(
-            "SELECT (SELECT value FROM pdb_replica WHERE key = 'seq'), \
-             (SELECT value FROM pdb_replica WHERE key = 'head')",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .query_row("SELECT seq, head FROM pdb_replica WHERE id = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .expect("replica position");
     assert_eq!(pos.0 as usize, history.len(), "{name}: replica seq");
     assert_eq!(hex(&pos.1), hex(&prev), "{name}: replica head");
