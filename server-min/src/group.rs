@@ -81,9 +81,15 @@ pub struct GroupInfo {
     pub head: watch::Sender<Head>,
 }
 
-struct Job {
-    req: CommitRequest,
-    reply: oneshot::Sender<Result<Accepted, Problem>>,
+type Reply = oneshot::Sender<Result<Accepted, Problem>>;
+
+enum Job {
+    Commit {
+        req: CommitRequest,
+        reply: Reply,
+    },
+    /// Commit the replica's open transaction, then answer.
+    Flush(mpsc::SyncSender<()>),
 }
 
 /// A running group: its info and the queue into its sequencer.
@@ -98,10 +104,19 @@ impl Group {
     pub async fn commit(&self, req: CommitRequest) -> Result<Accepted, Problem> {
         let (reply, wait) = oneshot::channel();
         self.jobs
-            .send(Job { req, reply })
+            .send(Job::Commit { req, reply })
             .map_err(|_| unavailable("the group's sequencer has stopped"))?;
         wait.await
             .map_err(|_| unavailable("the group's sequencer has stopped"))?
+    }
+
+    /// Brings the replica file up to the durable head (before a graceful exit, or
+    /// before reading the file directly) and waits until it is.
+    pub fn flush(&self) {
+        let (done, wait) = mpsc::sync_channel(1);
+        if self.jobs.send(Job::Flush(done)).is_ok() {
+            let _ = wait.recv();
+        }
     }
 
     /// The durable head.
@@ -148,6 +163,7 @@ pub fn start(id: i64, name: &str, ddl: &str, replica: Replica, env: Env) -> Resu
             state: Default::default(),
         },
         recent: VecDeque::new(),
+        open_batches: 0,
         env,
     };
     seq.catch_up()?;
@@ -177,6 +193,10 @@ pub fn start(id: i64, name: &str, ddl: &str, replica: Replica, env: Env) -> Resu
 const RECENT_HEADS: usize = 4096;
 /// Most requests taken into one batch.
 const MAX_BATCH: usize = 512;
+/// The replica's transaction is committed after this many batches...
+const FLUSH_EVERY: usize = 256;
+/// ...or once no request came for this long.
+const FLUSH_IDLE: std::time::Duration = std::time::Duration::from_millis(20);
 
 struct Sequencer {
     id: i64,
@@ -186,6 +206,9 @@ struct Sequencer {
     pos: Position,
     /// (seq, head) of the latest commits, oldest first.
     recent: VecDeque<(u64, Hash)>,
+    /// Batches applied to the replica's open transaction (durable in the history,
+    /// not yet committed to the replica file); 0 when no transaction is open.
+    open_batches: usize,
     env: Env,
 }
 
@@ -208,34 +231,99 @@ impl Outcome {
 
 impl Sequencer {
     fn run(mut self, rx: Receiver<Job>, info: &GroupInfo) {
-        while let Ok(first) = rx.recv() {
-            let mut jobs = vec![first];
-            while jobs.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(j) => jobs.push(j),
+        loop {
+            // While the replica has uncommitted batches, wake up to commit them once
+            // the group goes quiet.
+            let first = if self.open_batches > 0 {
+                match rx.recv_timeout(FLUSH_IDLE) {
+                    Ok(j) => j,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.flush();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(j) => j,
                     Err(_) => break,
                 }
+            };
+            let mut jobs = Vec::new();
+            let mut flushed = Vec::new();
+            let mut next = Some(first);
+            while let Some(job) = next {
+                match job {
+                    Job::Commit { req, reply } => jobs.push((req, reply)),
+                    Job::Flush(done) => flushed.push(done),
+                }
+                next = if jobs.len() < MAX_BATCH {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
             }
-            self.batch(jobs, info);
+            if !jobs.is_empty() {
+                self.batch(jobs, info);
+            }
+            if self.open_batches >= FLUSH_EVERY || !flushed.is_empty() {
+                self.flush();
+            }
+            for done in flushed {
+                let _ = done.send(());
+            }
+        }
+        self.flush();
+    }
+
+    /// Commits the replica's open transaction: every batch in it is already durable
+    /// in the history, so this only saves start-up a replay.
+    fn flush(&mut self) {
+        if self.open_batches == 0 {
+            return;
+        }
+        self.open_batches = 0;
+        let done = self
+            .replica
+            .set_position(&self.pos)
+            .and_then(|()| self.replica.commit());
+        if let Err(e) = done {
+            tracing::error!(group = %self.name, error = %e, "replica commit failed; catching up from the history");
+            self.recover();
         }
     }
 
-    fn batch(&mut self, jobs: Vec<Job>, info: &GroupInfo) {
-        let saved = (self.pos.clone(), self.recent.len());
+    /// Drops the replica's open transaction and rebuilds the position from the
+    /// replica's last commit plus the history.
+    fn recover(&mut self) {
+        self.open_batches = 0;
+        let _ = self.replica.rollback();
+        match self.catch_up() {
+            Ok(()) => {
+                let seq = self.pos.seq;
+                self.recent.retain(|&(s, _)| s <= seq);
+            }
+            Err(e) => {
+                tracing::error!(group = %self.name, error = %e, "replica cannot catch up");
+            }
+        }
+    }
+
+    fn batch(&mut self, jobs: Vec<(CommitRequest, Reply)>, info: &GroupInfo) {
         let mut pending: Vec<StoredCommit> = Vec::new();
         let mut keys: HashMap<String, usize> = HashMap::new();
         let mut run = |this: &mut Self, pending: &mut Vec<StoredCommit>| {
-            this.replica
-                .begin()
-                .map_err(|e| BatchFailed(e.to_string()))?;
+            if this.open_batches == 0 {
+                this.replica
+                    .begin()
+                    .map_err(|e| BatchFailed(e.to_string()))?;
+            }
+            this.open_batches += 1;
             let mut outcomes = Vec::with_capacity(jobs.len());
-            for job in &jobs {
-                outcomes.push(this.one(&job.req, pending, &mut keys)?);
+            for (req, _) in &jobs {
+                outcomes.push(this.one(req, pending, &mut keys)?);
             }
             if !pending.is_empty() {
-                this.replica
-                    .set_position(&this.pos)
-                    .map_err(|e| BatchFailed(e.to_string()))?;
                 this.env
                     .store
                     .append(this.id, pending.clone())
@@ -246,27 +334,17 @@ impl Sequencer {
         let outcomes = match run(self, &mut pending) {
             Ok(o) => o,
             Err(BatchFailed(why)) => {
+                // Undo this batch (and the durable batches not yet committed to the
+                // replica, which the history replays back).
                 tracing::error!(group = %self.name, error = %why, "batch failed; nothing certified");
-                let _ = self.replica.rollback();
-                self.pos = saved.0;
-                self.recent.truncate(saved.1);
-                for job in jobs {
-                    let _ = job
-                        .reply
-                        .send(Err(unavailable(format!("storage failed: {why}"))));
+                self.recover();
+                for (_, reply) in jobs {
+                    let _ = reply.send(Err(unavailable(format!("storage failed: {why}"))));
                 }
                 return;
             }
         };
         if !pending.is_empty() {
-            // The history is durable from here on; the replica only mirrors it.
-            if let Err(e) = self.replica.commit() {
-                tracing::error!(group = %self.name, error = %e, "replica commit failed; catching up from history");
-                let _ = self.replica.rollback();
-                if let Err(e) = self.catch_up() {
-                    tracing::error!(group = %self.name, error = %e, "replica cannot catch up");
-                }
-            }
             info.head.send_replace(Head {
                 seq: self.pos.seq,
                 head: self.pos.head,
@@ -276,16 +354,14 @@ impl Sequencer {
                 .metrics
                 .commits
                 .fetch_add(pending.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        } else {
-            let _ = self.replica.rollback();
         }
-        for (job, outcome) in jobs.into_iter().zip(outcomes) {
+        for ((_, reply), outcome) in jobs.into_iter().zip(outcomes) {
             let result = match outcome {
                 Outcome::Done(r) => *r,
                 Outcome::Pending(i) => Ok(Accepted::New(pending[i].clone())),
                 Outcome::PendingDuplicate(i) => Ok(Accepted::Duplicate(pending[i].clone())),
             };
-            let _ = job.reply.send(result);
+            let _ = reply.send(result);
         }
     }
 

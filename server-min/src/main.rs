@@ -218,9 +218,11 @@ fn serve(s: Serve) -> anyhow::Result<()> {
             auth,
             max_body: s.max_body,
         });
+        let witness = app.witness.clone();
         axum::serve(listener, router(app))
             .with_graceful_shutdown(shutdown())
             .await?;
+        tokio::task::spawn_blocking(move || witness.flush()).await?;
         tracing::info!("pdb-witness stopped");
         Ok(())
     })

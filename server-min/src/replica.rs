@@ -3,7 +3,7 @@
 //! bookkeeping of `sql/replica.sql`. Also where a changeset is checked against the
 //! group's schema, since the session extension silently skips tables it cannot match.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -48,10 +48,11 @@ pub enum SchemaError {
     Storage(#[from] rusqlite::Error),
 }
 
-/// The rows a changeset touches: (table index, primary-key values), each row once.
+/// The rows a changeset touches: (table index, primary-key values), each row once,
+/// and whether only INSERTs name it.
 #[derive(Debug, Default)]
 pub struct Touched {
-    rows: Vec<(usize, Vec<Value>)>,
+    rows: Vec<(usize, Vec<Value>, bool)>,
 }
 
 struct Table {
@@ -89,6 +90,7 @@ fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
     // group's declared keys but does not enforce them (ARCHITECTURE.md).
     conn.pragma_update(None, "foreign_keys", false)?;
     conn.pragma_update(None, "cache_size", -1024)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)
 }
 
@@ -283,7 +285,7 @@ impl Replica {
     pub fn validate(&self, cs: &[u8]) -> Result<Touched, Refusal> {
         let parsed = changeset::parse(cs).map_err(|e| Refusal::Invalid(e.to_string()))?;
         let mut touched = Touched::default();
-        let mut seen = HashSet::new();
+        let mut seen = HashMap::new();
         for (header, changes) in &parsed {
             let Some(&ti) = self.by_name.get(header.name) else {
                 return Err(Refusal::Invalid(format!(
@@ -334,8 +336,15 @@ impl Replica {
                         }
                     }
                 }
-                if seen.insert((ti, change.key(header.pk))) {
-                    touched.rows.push((ti, key));
+                let insert = change.op == Op::Insert;
+                match seen.entry((ti, change.key(header.pk))) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(touched.rows.len());
+                        touched.rows.push((ti, key, insert));
+                    }
+                    std::collections::hash_map::Entry::Occupied(o) => {
+                        touched.rows[*o.get()].2 &= insert;
+                    }
                 }
             }
             if changes.is_empty() {
@@ -399,7 +408,9 @@ impl Replica {
         state: &mut StateVector,
     ) -> Result<(), Refusal> {
         let mut before = HashMap::new();
-        for (t, key) in &touched.rows {
+        // A row named only by INSERTs did not exist if the apply succeeds (an INSERT
+        // of an existing key is a conflict, which aborts), so it needs no read.
+        for (t, key, _) in touched.rows.iter().filter(|r| !r.2) {
             if let Some(row) = self.read_row(*t, key)? {
                 before.insert(self.identity(*t, &row), (*t, row));
             }
@@ -428,7 +439,7 @@ impl Replica {
             )));
         }
         let mut after = HashMap::new();
-        for (t, key) in &touched.rows {
+        for (t, key, _) in &touched.rows {
             if let Some(row) = self.read_row(*t, key)? {
                 after.insert(self.identity(*t, &row), (*t, row));
             }

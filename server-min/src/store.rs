@@ -175,7 +175,9 @@ impl Store {
         };
         let out = f(&conn);
         let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < 8 {
+        // Every sequencer reads here (idempotency, old heads) besides the pulls:
+        // keep enough connections that none is opened per request.
+        if pool.len() < 256 {
             pool.push(conn);
         }
         Ok(out?)

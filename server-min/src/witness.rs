@@ -157,6 +157,20 @@ impl Witness {
             .cloned()
     }
 
+    /// Commits every replica's open transaction (at a graceful exit).
+    pub fn flush(&self) {
+        let groups: Vec<Arc<Group>> = self
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for g in groups {
+            g.flush();
+        }
+    }
+
     /// Number of groups.
     pub fn group_count(&self) -> usize {
         self.groups.read().unwrap_or_else(|e| e.into_inner()).len()
