@@ -48,16 +48,70 @@ pub enum SchemaError {
     Storage(#[from] rusqlite::Error),
 }
 
-/// The rows a changeset touches: (table index, primary-key values), each row once,
-/// and whether only INSERTs name it.
+/// The rows a changeset touches, each once.
 #[derive(Debug, Default)]
 pub struct Touched {
-    rows: Vec<(usize, Vec<Value>, bool)>,
+    rows: Vec<TouchedRow>,
+}
+
+#[derive(Debug)]
+struct TouchedRow {
+    table: usize,
+    key: Vec<Value>,
+    /// Only INSERTs name this row.
+    insert_only: bool,
+    /// The row as SQLite will store it, known without reading it back: set when every
+    /// change to its table is an INSERT (so no other change can reach this row under
+    /// another spelling of its key) and no value is changed by its column's affinity.
+    stored: Option<Vec<Value>>,
+}
+
+/// A column's type affinity (SQLite's "Determination Of Column Affinity").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Affinity {
+    Integer,
+    Text,
+    Blob,
+    Real,
+    Numeric,
+}
+
+fn affinity(decl: &str) -> Affinity {
+    let t = decl.to_ascii_uppercase();
+    if t.contains("INT") {
+        Affinity::Integer
+    } else if t.contains("CHAR") || t.contains("CLOB") || t.contains("TEXT") {
+        Affinity::Text
+    } else if t.contains("BLOB") || t.is_empty() {
+        Affinity::Blob
+    } else if t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB") {
+        Affinity::Real
+    } else {
+        Affinity::Numeric
+    }
+}
+
+/// Whether storing `v` in a column of affinity `a` keeps it exactly (type and bits).
+/// Conservative: `false` only costs a read of the row after the apply.
+fn kept_as_is(a: Affinity, v: &Value) -> bool {
+    match v {
+        Value::Null | Value::Blob(_) => true,
+        Value::Integer(_) => matches!(a, Affinity::Integer | Affinity::Numeric | Affinity::Blob),
+        Value::Text(_) => matches!(a, Affinity::Text | Affinity::Blob),
+        // NaN is stored as NULL, and integral reals may be stored as integers (which
+        // loses the sign of -0.0).
+        Value::Real(r) => {
+            matches!(a, Affinity::Real | Affinity::Blob)
+                && r.is_finite()
+                && (*r != 0.0 || r.is_sign_positive())
+        }
+    }
 }
 
 struct Table {
     info: TableInfo,
     select_by_key: String,
+    affinities: Vec<Affinity>,
 }
 
 /// A group's replica database.
@@ -203,6 +257,11 @@ impl Replica {
                     cond.join(" AND ")
                 );
                 Table {
+                    affinities: info
+                        .columns
+                        .iter()
+                        .map(|c| affinity(&c.decl_type))
+                        .collect(),
                     info,
                     select_by_key,
                 }
@@ -314,6 +373,8 @@ impl Replica {
                 )));
             }
             let pk = info.pk_columns();
+            let all_inserts = changes.iter().all(|c| c.op == Op::Insert);
+            let affinities = &self.tables[ti].affinities;
             for change in changes {
                 let rec = change.key_record();
                 let mut key = Vec::with_capacity(pk.len());
@@ -337,13 +398,35 @@ impl Replica {
                     }
                 }
                 let insert = change.op == Op::Insert;
+                let stored = if all_inserts {
+                    let vals: Option<Vec<Value>> = change
+                        .new
+                        .iter()
+                        .zip(affinities)
+                        .map(|(f, a)| {
+                            decode_field(f)
+                                .map(|v| v.to_owned())
+                                .filter(|v| kept_as_is(*a, v))
+                        })
+                        .collect();
+                    vals
+                } else {
+                    None
+                };
                 match seen.entry((ti, change.key(header.pk))) {
                     std::collections::hash_map::Entry::Vacant(v) => {
                         v.insert(touched.rows.len());
-                        touched.rows.push((ti, key, insert));
+                        touched.rows.push(TouchedRow {
+                            table: ti,
+                            key,
+                            insert_only: insert,
+                            stored,
+                        });
                     }
                     std::collections::hash_map::Entry::Occupied(o) => {
-                        touched.rows[*o.get()].2 &= insert;
+                        let row = &mut touched.rows[*o.get()];
+                        row.insert_only &= insert;
+                        row.stored = None;
                     }
                 }
             }
@@ -410,9 +493,9 @@ impl Replica {
         let mut before = HashMap::new();
         // A row named only by INSERTs did not exist if the apply succeeds (an INSERT
         // of an existing key is a conflict, which aborts), so it needs no read.
-        for (t, key, _) in touched.rows.iter().filter(|r| !r.2) {
-            if let Some(row) = self.read_row(*t, key)? {
-                before.insert(self.identity(*t, &row), (*t, row));
+        for r in touched.rows.iter().filter(|r| !r.insert_only) {
+            if let Some(row) = self.read_row(r.table, &r.key)? {
+                before.insert(self.identity(r.table, &row), (r.table, row));
             }
         }
         let conflicts: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
@@ -439,9 +522,13 @@ impl Replica {
             )));
         }
         let mut after = HashMap::new();
-        for (t, key, _) in &touched.rows {
-            if let Some(row) = self.read_row(*t, key)? {
-                after.insert(self.identity(*t, &row), (*t, row));
+        for r in &touched.rows {
+            let row = match &r.stored {
+                Some(values) => Some(values.clone()),
+                None => self.read_row(r.table, &r.key)?,
+            };
+            if let Some(row) = row {
+                after.insert(self.identity(r.table, &row), (r.table, row));
             }
         }
         for (id, (t, old)) in &before {
