@@ -77,6 +77,7 @@ fn respond(app: &App, r: Result<Response, Problem>) -> Response {
         Ok(resp) => resp,
         Err(p) => {
             app.witness.metrics().rejected(p.code);
+            tracing::debug!(code = p.code.as_str(), detail = %p.detail, "rejected");
             p.into_response()
         }
     }
@@ -233,6 +234,7 @@ async fn post_commit(
                 policy: h.policy,
             })
             .await?;
+        tracing::debug!(group = %g, seq = outcome_seq(&outcome), "certified");
         Ok(match outcome {
             Accepted::New(c) => {
                 (StatusCode::CREATED, Json(Value::Object(c.cert.to_json()))).into_response()
@@ -251,6 +253,12 @@ async fn post_commit(
     .await;
     app.witness.metrics().observe_commit(started.elapsed());
     respond(&app, r)
+}
+
+fn outcome_seq(a: &Accepted) -> u64 {
+    match a {
+        Accepted::New(c) | Accepted::Duplicate(c) => c.cert.seq,
+    }
 }
 
 #[derive(Deserialize)]

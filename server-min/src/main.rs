@@ -79,6 +79,9 @@ struct Serve {
     /// Largest request body in bytes.
     #[arg(long, env = "PDB_MAX_BODY", default_value_t = 16 << 20)]
     max_body: usize,
+    /// Write logs (stderr) as JSON lines instead of text.
+    #[arg(long, env = "PDB_LOG_JSON")]
+    log_json: bool,
 }
 
 #[derive(Args)]
@@ -162,13 +165,16 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(s: Serve) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PDB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PDB_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+        .with_env_filter(filter);
+    if s.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     std::fs::create_dir_all(&s.data).with_context(|| format!("creating {}", s.data.display()))?;
     let (auth, local_secret) = if let Some(k) = &s.jwt_ed25519_public_key {
         let key =
