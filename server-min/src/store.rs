@@ -170,6 +170,8 @@ impl Store {
                 )?;
                 c.busy_timeout(std::time::Duration::from_secs(10))?;
                 c.pragma_update(None, "query_only", true)?;
+                // Up to 256 of these: keep each one's page cache small.
+                c.pragma_update(None, "cache_size", -512)?;
                 c
             }
         };
