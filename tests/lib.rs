@@ -23,20 +23,28 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Path of the release `libpdb`, built (once per test process) if needed so that tests
-/// never run against a stale library.
-pub fn libpdb() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
+/// Builds `package` in release mode (once per test process and package, so that tests
+/// never run against a stale artifact) and returns `target/release/<file>`.
+pub fn release_artifact(package: &'static str, file: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.contains(&package) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--release", "-p", "pdb"])
+            .args(["build", "--release", "-p", package])
             .current_dir(root())
             .status()
-            .expect("run cargo build for libpdb");
-        assert!(status.success(), "building libpdb failed");
-        root().join("target/release/libpdb.so")
-    })
+            .expect("run cargo build");
+        assert!(status.success(), "building {package} failed");
+        built.push(package);
+    }
+    root().join("target/release").join(file)
+}
+
+/// Path of the release `libpdb`.
+pub fn libpdb() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| release_artifact("pdb", "libpdb.so"))
 }
 
 /// Loads `libpdb` into `conn`.

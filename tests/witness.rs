@@ -11,21 +11,10 @@ use pdb_client::cert::{parse_hash, Hash};
 use rusqlite::Connection;
 use serde_json::Value;
 
-use crate::root;
-
-/// Path of the release `pdb-witness`, built once per test process.
+/// Path of the release `pdb-witness`.
 pub fn witness_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--release", "-p", "pdb-witness"])
-            .current_dir(root())
-            .status()
-            .expect("run cargo build for pdb-witness");
-        assert!(status.success(), "building pdb-witness failed");
-        root().join("target/release/pdb-witness")
-    })
+    BIN.get_or_init(|| crate::release_artifact("pdb-witness", "pdb-witness"))
 }
 
 /// A running `pdb-witness serve`.

@@ -2,8 +2,8 @@
 //! and with the SQLite session extension, all in one process on the same bundled
 //! SQLite, reported as medians and ratios against the plain run.
 
+use pdb_bench::{cpu_model, loadavg, run, verdict, Res};
 use std::collections::hash_map::DefaultHasher;
-use std::error::Error;
 use std::hash::{Hash, Hasher};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -15,9 +15,6 @@ use rusqlite::hooks::Action;
 use rusqlite::session::{ChangesetIter, Session};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection};
-
-/// Any failure ends the run with a message and a non-zero exit.
-type Res<T> = Result<T, Box<dyn Error>>;
 
 /// Rows per transaction in every workload.
 const BATCH: usize = 1000;
@@ -432,43 +429,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
-/// The 1-minute load average: other work on the machine skews every number here.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".into())
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "ok"
-    } else {
-        "MISSED"
-    }
-}
-
-fn fail(msg: &str) -> ! {
-    eprintln!("check: FAILED: {msg}");
-    exit(1)
-}
-
 fn main() {
-    if let Err(e) = bench() {
-        fail(&e.to_string());
-    }
+    run(bench);
 }
 
 fn bench() -> Res<()> {

@@ -15,6 +15,7 @@ use tokio::sync::{oneshot, watch};
 use crate::metrics::Metrics;
 use crate::problem::{Code, Problem};
 use crate::replica::{Position, Refusal, Replica};
+use crate::request::CommitHeaders;
 use crate::store::{Store, StoredCommit};
 
 /// How a stale base is treated (`Pdb-Policy`).
@@ -26,23 +27,13 @@ pub enum Policy {
     RebaseIfClean,
 }
 
-/// A commit as submitted.
+/// A commit as submitted: its checked headers and the payload.
 #[derive(Debug, Clone)]
 pub struct CommitRequest {
+    /// `Pdb-Base`, `Idempotency-Key`, `Pdb-Schema`, ...
+    pub headers: CommitHeaders,
     /// The payload (a changeset).
     pub changeset: Bytes,
-    /// `Pdb-Base`: the seq and head the changeset was made on.
-    pub base: (u64, Hash),
-    /// `Idempotency-Key`.
-    pub idempotency_key: String,
-    /// `Pdb-Schema`.
-    pub schema_hash: Hash,
-    /// `Pdb-Client`.
-    pub client: Option<String>,
-    /// `Pdb-Meta`.
-    pub meta: Option<String>,
-    /// `Pdb-Policy`.
-    pub policy: Policy,
 }
 
 /// An accepted commit.
@@ -378,6 +369,7 @@ impl Sequencer {
     ) -> Result<Outcome, BatchFailed> {
         let storage = |e: &dyn std::fmt::Display| BatchFailed(e.to_string());
         let hash = *blake3::hash(&req.changeset).as_bytes();
+        let (changeset, req) = (&req.changeset, &req.headers);
         let reuse = || {
             Problem::new(
                 Code::IdempotencyConflict,
@@ -433,7 +425,7 @@ impl Sequencer {
             )
             .with("schema_hash", hex(&self.schema_hash)))));
         }
-        let touched = match self.replica.validate(&req.changeset) {
+        let touched = match self.replica.validate(changeset) {
             Ok(t) => t,
             Err(Refusal::Invalid(why)) => {
                 return Ok(Outcome::done(Err(Problem::new(
@@ -477,7 +469,7 @@ impl Sequencer {
             )))));
         }
         let mut state = self.pos.state.clone();
-        match self.replica.apply(&req.changeset, &touched, &mut state) {
+        match self.replica.apply(changeset, &touched, &mut state) {
             Ok(()) => {}
             Err(Refusal::Conflict(rows)) => {
                 let detail = format!("{} row(s) conflict with head {}", rows.len(), self.pos.seq);
@@ -512,7 +504,7 @@ impl Sequencer {
             cert,
             client: req.client.clone(),
             meta: req.meta.clone(),
-            changeset: req.changeset.clone(),
+            changeset: changeset.clone(),
         });
         keys.insert(req.idempotency_key.clone(), pending.len() - 1);
         Ok(Outcome::Pending(pending.len() - 1))

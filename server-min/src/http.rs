@@ -225,13 +225,8 @@ async fn post_commit(
         let changeset = read_body(&app, &headers, body).await?;
         let outcome = group
             .commit(CommitRequest {
+                headers: h,
                 changeset,
-                base: h.base,
-                idempotency_key: h.idempotency_key,
-                schema_hash: h.schema_hash,
-                client: h.client,
-                meta: h.meta,
-                policy: h.policy,
             })
             .await?;
         tracing::debug!(group = %g, seq = outcome_seq(&outcome), "certified");

@@ -44,19 +44,16 @@
 //! system temp directory), `PDB_WITNESS_BIN` (default `<workspace>/target/release/
 //! pdb-witness`).
 
+use pdb_bench::{cpu_model, fail, loadavg, run, verdict, Res};
 use std::collections::HashMap;
-use std::error::Error;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{exit, Child, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value;
-
-/// Any failure ends the run with a message and a non-zero exit.
-type Res<T> = Result<T, Box<dyn Error>>;
 
 /// The one table of every benchmark group.
 const DDL: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, body TEXT)";
@@ -367,26 +364,6 @@ fn write_bytes(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("write_bytes:"))
         .and_then(|v| v.trim().parse().ok())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
-/// The 1-minute load average: other work on the machine skews every number here.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".into())
 }
 
 /// The type of the filesystem holding `path` (longest mount point prefix).
@@ -762,23 +739,8 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "ok"
-    } else {
-        "MISSED"
-    }
-}
-
-fn fail(msg: &str) -> ! {
-    eprintln!("check: FAILED: {msg}");
-    exit(1)
-}
-
 fn main() {
-    if let Err(e) = bench() {
-        fail(&e.to_string());
-    }
+    run(bench);
 }
 
 fn bench() -> Res<()> {
