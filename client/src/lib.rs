@@ -10,6 +10,7 @@
 //! - [`apply`]: applying a changeset with `sqlite3changeset_apply` semantics.
 //! - [`schema`]: table introspection and the schema hash.
 //! - [`cert`], [`state`]: heads, certificates and the state digest (DESIGN §4).
+//! - [`history`]: checking pulled certificates as a chain, and the local state digest.
 #![forbid(unsafe_code)]
 
 pub mod apply;
@@ -17,6 +18,7 @@ pub mod capture;
 pub mod cert;
 pub mod changeset;
 pub mod db;
+pub mod history;
 mod error;
 pub mod queue;
 pub mod schema;

@@ -141,6 +141,27 @@ fn accepted_commits_are_certified_in_order_and_pulled_with_their_changesets() {
         assert_eq!(&changeset_of(p), cs);
     }
     assert_eq!(pulled.body["head"]["seq"], 3);
+    // A device can check what it pulled as a chain, and its replayed tables against
+    // the state digest of the last certificate.
+    let all = f.c.history("g");
+    let certs: Vec<Certificate> = all
+        .iter()
+        .map(|c| Certificate::from_json(c).unwrap())
+        .collect();
+    let payloads: Vec<Vec<u8>> = all.iter().map(changeset_of).collect();
+    let trusted = pdb_client::history::verify_chain(
+        &f.w.key,
+        "g",
+        (0, genesis("g")),
+        certs.iter().zip(payloads.iter().map(Vec::as_slice)),
+    )
+    .unwrap();
+    assert_eq!(trusted, (3, expected[2].0.head));
+    let device = replay(&all);
+    let tables = ["notes", "tags"].map(|t| pdb_client::schema::table_info(&device, t).unwrap());
+    let state = pdb_client::history::state_of(&device, &tables).unwrap();
+    assert_eq!(state.digest(), expected[2].0.state);
+
     let limited = f.c.pull("g", 0, 1);
     assert_eq!(limited.body["commits"].as_array().unwrap().len(), 1);
     assert_eq!(f.c.pull("g", 3, 10).body["commits"], Value::Array(vec![]));
