@@ -558,25 +558,9 @@ impl Replica {
     }
 
     /// The state vector recomputed from every row of the replica's tables.
-    pub fn full_state(&self) -> rusqlite::Result<StateVector> {
-        let mut state = StateVector::new();
-        for t in &self.tables {
-            let cols: Vec<String> = t.info.columns.iter().map(|c| quote(&c.name)).collect();
-            let sql = format!(
-                "SELECT {} FROM main.{}",
-                cols.join(", "),
-                quote(&t.info.name)
-            );
-            let mut stmt = self.conn.prepare(&sql)?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                let vals: Vec<_> = (0..cols.len())
-                    .map(|i| row.get_ref(i).map(from_rusqlite))
-                    .collect::<rusqlite::Result<_>>()?;
-                state.add_row(&t.info.name, &vals);
-            }
-        }
-        Ok(state)
+    pub fn full_state(&self) -> Result<StateVector, pdb_client::Error> {
+        let tables: Vec<TableInfo> = self.tables().cloned().collect();
+        pdb_client::history::state_of(&self.conn, &tables)
     }
 }
 
