@@ -11,6 +11,7 @@
 //! - [`schema`]: table introspection and the schema hash.
 //! - [`cert`], [`state`]: heads, certificates and the state digest (DESIGN §4).
 //! - [`history`]: checking pulled certificates as a chain, and the local state digest.
+//! - [`transport`]: the witness's HTTP API from a device's side.
 #![forbid(unsafe_code)]
 
 pub mod apply;
@@ -18,11 +19,12 @@ pub mod capture;
 pub mod cert;
 pub mod changeset;
 pub mod db;
-pub mod history;
 mod error;
+pub mod history;
 pub mod queue;
 pub mod schema;
 pub mod state;
+pub mod transport;
 pub mod value;
 mod varint;
 

@@ -1,0 +1,299 @@
+//! The witness's HTTP API as seen from a device (DESIGN §5): group info, commit, pull.
+//!
+//! Blocking calls with `ureq` (rustls): the extension runs inside someone else's
+//! process, and a plain blocking client on the calling (or the worker's) thread needs
+//! no async runtime and no thread of its own there.
+
+use std::time::Duration;
+
+use crate::cert::{hex, parse_hash, Certificate, Hash};
+
+/// The witness could not be asked (network, TLS, timeout) or answered nonsense.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// No answer: the witness is unreachable, or the connection broke.
+    #[error("witness unreachable: {0}")]
+    Unreachable(String),
+    /// An answer that is not what the API documents.
+    #[error("unexpected answer from the witness: {0}")]
+    Protocol(String),
+}
+
+/// A rejection (`application/problem+json`) with its stable code.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// HTTP status.
+    pub status: u16,
+    /// The problem's `code` (`stale_base`, `conflict`, ...).
+    pub code: String,
+    /// The problem's `detail`.
+    pub detail: String,
+    /// The whole problem document (`seq`/`head` on `stale_base` and `conflict`, ...).
+    pub body: serde_json::Value,
+}
+
+impl Rejection {
+    /// The current head a `stale_base` or `conflict` carries.
+    pub fn head(&self) -> Option<(u64, Hash)> {
+        let seq = self.body.get("seq")?.as_u64()?;
+        let head = parse_hash(self.body.get("head")?.as_str()?)?;
+        Some((seq, head))
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.code, self.detail)
+    }
+}
+
+/// What the witness says about a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// The durable head: seq and hash.
+    pub head: (u64, Hash),
+    /// State digest at the head.
+    pub state: Hash,
+    /// The group's schema hash.
+    pub schema_hash: Hash,
+    /// The witness's public key.
+    pub witness_key: [u8; 32],
+    /// The DDL the group was created with.
+    pub ddl: String,
+}
+
+/// A local commit to submit.
+#[derive(Debug, Clone)]
+pub struct Submission<'a> {
+    /// The changeset.
+    pub changeset: &'a [u8],
+    /// The head it was made on.
+    pub base: (u64, Hash),
+    /// Idempotency key (the same on every retry).
+    pub idempotency_key: &'a str,
+    /// Schema hash of the tracked tables.
+    pub schema_hash: Hash,
+    /// This device's id.
+    pub client: Option<&'a str>,
+    /// Application metadata (JSON).
+    pub meta: Option<&'a str>,
+}
+
+/// A certified commit as pulled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pulled {
+    /// Its certificate.
+    pub cert: Certificate,
+    /// Its payload.
+    pub changeset: Vec<u8>,
+}
+
+/// One page of a pull.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// The group's head when the page was read.
+    pub head: (u64, Hash),
+    /// Commits after the requested seq, in order (possibly fewer than exist).
+    pub commits: Vec<Pulled>,
+}
+
+/// A witness and a group, as one device talks to them.
+pub struct Remote {
+    agent: ureq::Agent,
+    base: String,
+    group: String,
+    token: String,
+}
+
+/// Largest answer read (a pull page is about 4 MiB of changesets, base64 in JSON).
+const MAX_ANSWER: u64 = 64 << 20;
+
+impl Remote {
+    /// A client for `group` on the witness at `url` (http or https), sending `token`.
+    pub fn new(url: &str, group: &str, token: &str) -> Remote {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into();
+        Remote {
+            agent,
+            base: url.trim_end_matches('/').to_string(),
+            group: group.to_string(),
+            token: token.to_string(),
+        }
+    }
+
+    fn url(&self, tail: &str) -> String {
+        format!("{}/v1/groups/{}{tail}", self.base, self.group)
+    }
+
+    /// Reads an answer: `Ok(Ok(json))` on 2xx, `Ok(Err(rejection))` on a problem.
+    fn answer(
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<(u16, Result<serde_json::Value, Rejection>), TransportError> {
+        let mut resp = result.map_err(|e| TransportError::Unreachable(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER)
+            .read_to_vec()
+            .map_err(|e| TransportError::Unreachable(e.to_string()))?;
+        let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
+            TransportError::Protocol(format!(
+                "status {status}, body is not JSON: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            ))
+        })?;
+        if (200..300).contains(&status) {
+            return Ok((status, Ok(json)));
+        }
+        let text = |k: &str| json.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let code = text("code").ok_or_else(|| {
+            TransportError::Protocol(format!("status {status} without a problem code"))
+        })?;
+        Ok((
+            status,
+            Err(Rejection {
+                status,
+                code,
+                detail: text("detail").unwrap_or_default(),
+                body: json,
+            }),
+        ))
+    }
+
+    fn get(
+        &self,
+        url: &str,
+    ) -> Result<(u16, Result<serde_json::Value, Rejection>), TransportError> {
+        Self::answer(
+            self.agent
+                .get(url)
+                .header("Authorization", &format!("Bearer {}", self.token))
+                .call(),
+        )
+    }
+
+    /// `GET /v1/groups/{g}`.
+    pub fn group_info(&self) -> Result<Result<GroupInfo, Rejection>, TransportError> {
+        let (_, answer) = self.get(&self.url(""))?;
+        match answer {
+            Ok(json) => parse_info(&json).map(Ok),
+            Err(r) => Ok(Err(r)),
+        }
+    }
+
+    /// `POST /v1/groups/{g}/commits`: the certificate (and whether it is the original
+    /// one of an earlier submission with the same key), or the rejection.
+    pub fn push(
+        &self,
+        s: &Submission<'_>,
+    ) -> Result<Result<(Certificate, bool), Rejection>, TransportError> {
+        let mut req = self
+            .agent
+            .post(&self.url("/commits"))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .header("Content-Type", "application/vnd.sqlite.changeset")
+            .header("Pdb-Base", &format!("{}:{}", s.base.0, hex(&s.base.1)))
+            .header("Idempotency-Key", s.idempotency_key)
+            .header("Pdb-Schema", &hex(&s.schema_hash));
+        if let Some(c) = s.client {
+            req = req.header("Pdb-Client", c);
+        }
+        if let Some(m) = s.meta {
+            req = req.header("Pdb-Meta", m);
+        }
+        let (_, answer) = Self::answer(req.send(s.changeset))?;
+        match answer {
+            Ok(json) => {
+                let cert = Certificate::from_json(&json)
+                    .map_err(|e| TransportError::Protocol(format!("certificate: {e}")))?;
+                let duplicate = json.get("duplicate").and_then(|d| d.as_bool()) == Some(true);
+                Ok(Ok((cert, duplicate)))
+            }
+            Err(r) => Ok(Err(r)),
+        }
+    }
+
+    /// `GET /v1/groups/{g}/commits?after=..&limit=..&wait=..`. Certificates are not
+    /// verified here: that is [`crate::history::verify_chain`]'s job, before applying.
+    pub fn pull(
+        &self,
+        after: u64,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Result<Page, Rejection>, TransportError> {
+        let url = format!(
+            "{}?after={after}&limit={limit}&wait={}",
+            self.url("/commits"),
+            wait.as_secs()
+        );
+        let (_, answer) = self.get(&url)?;
+        match answer {
+            Ok(json) => parse_page(&json).map(Ok),
+            Err(r) => Ok(Err(r)),
+        }
+    }
+}
+
+fn parse_info(j: &serde_json::Value) -> Result<GroupInfo, TransportError> {
+    let bad = |k: &str| TransportError::Protocol(format!("group info: field \"{k}\""));
+    let h = |k: &str| {
+        j.get(k)
+            .and_then(|v| v.as_str())
+            .and_then(parse_hash)
+            .ok_or_else(|| bad(k))
+    };
+    Ok(GroupInfo {
+        head: (
+            j.get("seq")
+                .and_then(|v| v.as_u64())
+                .ok_or_else(|| bad("seq"))?,
+            h("head")?,
+        ),
+        state: h("state")?,
+        schema_hash: h("schema_hash")?,
+        witness_key: h("witness_key")?,
+        ddl: j
+            .get("ddl")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| bad("ddl"))?
+            .to_string(),
+    })
+}
+
+fn parse_page(j: &serde_json::Value) -> Result<Page, TransportError> {
+    use base64::Engine;
+    let bad = |what: &str| TransportError::Protocol(format!("pull page: {what}"));
+    let head = j.get("head").ok_or_else(|| bad("no head"))?;
+    let seq = head
+        .get("seq")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| bad("head seq"))?;
+    let hash = head
+        .get("head")
+        .and_then(|v| v.as_str())
+        .and_then(parse_hash)
+        .ok_or_else(|| bad("head hash"))?;
+    let mut commits = Vec::new();
+    for c in j
+        .get("commits")
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| bad("no commits"))?
+    {
+        let cert = Certificate::from_json(c).map_err(|e| bad(&e.to_string()))?;
+        let changeset = c
+            .get("changeset")
+            .and_then(|v| v.as_str())
+            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+            .ok_or_else(|| bad("changeset is not base64"))?;
+        commits.push(Pulled { cert, changeset });
+    }
+    Ok(Page {
+        head: (seq, hash),
+        commits,
+    })
+}
