@@ -237,7 +237,34 @@ struct TableApply<'d, 'i, D: Db + 'd> {
     pk: Vec<usize>,
     /// Shadow table id when the table is tracked and has uncommitted changes.
     shadow: Option<i64>,
-    stmts: HashMap<String, D::Stmt<'d>>,
+    /// Statements by shape: built and prepared on first use, then only re-bound, so
+    /// no SQL text is formatted per change.
+    stmts: HashMap<Shape, D::Stmt<'d>>,
+}
+
+/// The shape of a statement apply runs; its SQL follows from the shape and the table.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Shape {
+    /// DELETE of the row whose every column matches `?1..?n`.
+    Delete,
+    /// DELETE of the row with key `?1..`.
+    DeleteKey,
+    /// SELECT 1 for the key `?1..`.
+    Exists,
+    /// SELECT the key columns as stored, for the key `?1..`.
+    StoredKey,
+    /// INSERT of all `n` columns.
+    Insert,
+    /// UPDATE of the `set` columns (`?k+1..`) of the row with key `?1..?k`, also
+    /// requiring the old values of `check` (the `?` after those) when given.
+    Update {
+        set: Vec<usize>,
+        check: Option<Vec<usize>>,
+    },
+    /// In the shadow: mark the image of a deleted row (stored key `?1..`) as gone.
+    ShadowDelete,
+    /// In the shadow: copy `cols` of the row with key `?1..` into its saved image.
+    ShadowForward { op: Op, cols: Vec<usize> },
 }
 
 impl<'d, 'i, D: Db + 'd> TableApply<'d, 'i, D> {
@@ -266,50 +293,41 @@ impl<'d, 'i, D: Db + 'd> TableApply<'d, 'i, D> {
         })
     }
 
-    fn col(&self, i: usize) -> String {
-        quote(&self.info.columns[i].name)
-    }
-
-    /// The statement for `sql`, prepared once per apply, with `params` bound as `?1..`.
+    /// The statement of `shape`, prepared once per apply, with `params` bound as `?1..`.
     fn prepared(
         &mut self,
-        sql: String,
+        shape: Shape,
         params: &[ValueRef<'_>],
     ) -> Result<&mut D::Stmt<'d>, DbError> {
         let db = self.db;
-        let stmt = match self.stmts.entry(sql) {
+        let stmt = match self.stmts.entry(shape) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                let stmt = db.prepare(e.key())?;
-                e.insert(stmt)
+                let sql = sql_for(e.key(), self.info, &self.pk, self.n, self.shadow);
+                e.insert(db.prepare(&sql)?)
             }
         };
         stmt.bind_all(params)?;
         Ok(stmt)
     }
 
-    /// Runs `sql` (prepared once per apply) with `params` bound as `?1..`.
-    fn exec(&mut self, sql: String, params: &[ValueRef<'_>]) -> Result<usize, DbError> {
-        let stmt = self.prepared(sql, params)?;
+    /// Runs the statement of `shape` with `params` bound as `?1..`.
+    fn exec(&mut self, shape: Shape, params: &[ValueRef<'_>]) -> Result<usize, DbError> {
+        let stmt = self.prepared(shape, params)?;
         stmt.execute()
     }
 
     fn exists(&mut self, key: &[ValueRef<'_>]) -> Result<bool, Error> {
-        let sql = format!(
-            "SELECT 1 FROM main.{} WHERE {}",
-            quote(&self.info.name),
-            self.key_where(1)
-        );
-        Ok(self.first_row(sql, key)?.is_some())
+        Ok(self.first_row(Shape::Exists, key)?.is_some())
     }
 
-    /// Runs a query (prepared once per apply) and returns its first row.
+    /// Runs a query and returns its first row.
     fn first_row(
         &mut self,
-        sql: String,
+        shape: Shape,
         params: &[ValueRef<'_>],
     ) -> Result<Option<Vec<Value>>, Error> {
-        let stmt = self.prepared(sql, params)?;
+        let stmt = self.prepared(shape, params)?;
         let mut found = None;
         stmt.query(&mut |row| {
             if found.is_none() {
@@ -318,16 +336,6 @@ impl<'d, 'i, D: Db + 'd> TableApply<'d, 'i, D> {
             Ok(())
         })?;
         Ok(found)
-    }
-
-    /// `pk1 = ?k AND pk2 = ?k+1 ...`
-    fn key_where(&self, first: usize) -> String {
-        self.pk
-            .iter()
-            .enumerate()
-            .map(|(j, &i)| format!("{} = ?{}", self.col(i), first + j))
-            .collect::<Vec<_>>()
-            .join(" AND ")
     }
 
     fn run(
@@ -402,19 +410,8 @@ impl<'d, 'i, D: Db + 'd> TableApply<'d, 'i, D> {
         key: &[ValueRef<'_>],
         policy: OnConflict,
     ) -> Result<Outcome, Error> {
-        let conds: Vec<String> = (0..self.n)
-            .map(|i| {
-                let op = if self.pk.contains(&i) { "=" } else { "IS" };
-                format!("{} {op} ?{}", self.col(i), i + 1)
-            })
-            .collect();
-        let sql = format!(
-            "DELETE FROM main.{} WHERE {}",
-            quote(&self.info.name),
-            conds.join(" AND ")
-        );
         let old: Vec<ValueRef<'_>> = c.old.iter().map(|f| field(f)).collect();
-        if self.exec(sql, &old)? > 0 {
+        if self.exec(Shape::Delete, &old)? > 0 {
             return Ok(Outcome::Applied);
         }
         if !self.exists(key)? {
@@ -423,12 +420,7 @@ impl<'d, 'i, D: Db + 'd> TableApply<'d, 'i, D> {
                 .map(|_| Outcome::Skipped);
         }
         if self.conflict(ConflictKind::Data, c, policy)? {
-            let sql = format!(
-                "DELETE FROM main.{} WHERE {}",
-                quote(&self.info.name),
-                self.key_where(1)
-            );
-            self.exec(sql, key)?;
+            self.exec(Shape::DeleteKey, key)?;
             return Ok(Outcome::Replaced);
         }
         Ok(Outcome::Skipped)
@@ -446,37 +438,12 @@ impl<'d, 'i, D: Db + 'd> TableApply<'d, 'i, D> {
             .collect();
         let mut params: Vec<ValueRef<'_>> = key.to_vec();
         params.extend(set_cols.iter().map(|&i| field(c.new[i])));
-        let k = key.len();
-        let set: Vec<String> = set_cols
-            .iter()
-            .enumerate()
-            .map(|(j, &i)| format!("{} = ?{}", self.col(i), k + j + 1))
-            .collect();
-        let table = quote(&self.info.name);
-        // An UPDATE that sets nothing is a no-op that still checks its old values, as
-        // in the session extension; SQL needs at least one assignment.
-        let set = if set.is_empty() {
-            let c = self.col(self.pk[0]);
-            vec![format!("{c} = {c}")]
-        } else {
-            set
-        };
-        let forced = format!(
-            "UPDATE main.{table} SET {} WHERE {}",
-            set.join(", "),
-            self.key_where(1)
-        );
-        let mut checked = forced.clone();
-        for (j, &i) in check_cols.iter().enumerate() {
-            let _ = write!(
-                checked,
-                " AND {} IS ?{}",
-                self.col(i),
-                k + set_cols.len() + j + 1
-            );
-        }
         let mut checked_params = params.clone();
         checked_params.extend(check_cols.iter().map(|&i| field(c.old[i])));
+        let checked = Shape::Update {
+            set: set_cols.clone(),
+            check: Some(check_cols),
+        };
         if self.exec(checked, &checked_params)? > 0 {
             return Ok(Outcome::Applied);
         }
@@ -486,6 +453,10 @@ impl<'d, 'i, D: Db + 'd> TableApply<'d, 'i, D> {
                 .map(|_| Outcome::Skipped);
         }
         if self.conflict(ConflictKind::Data, c, policy)? {
+            let forced = Shape::Update {
+                set: set_cols,
+                check: None,
+            };
             self.exec(forced, &params)?;
             return Ok(Outcome::Replaced);
         }
@@ -498,29 +469,16 @@ impl<'d, 'i, D: Db + 'd> TableApply<'d, 'i, D> {
         key: &[ValueRef<'_>],
         policy: OnConflict,
     ) -> Result<Outcome, Error> {
-        let cols: Vec<String> = (0..self.n).map(|i| self.col(i)).collect();
-        let params: Vec<String> = (1..=self.n).map(|i| format!("?{i}")).collect();
-        let sql = format!(
-            "INSERT INTO main.{}({}) VALUES ({})",
-            quote(&self.info.name),
-            cols.join(", "),
-            params.join(", ")
-        );
         let new: Vec<ValueRef<'_>> = c.new.iter().map(|f| field(f)).collect();
-        match self.exec(sql.clone(), &new) {
+        match self.exec(Shape::Insert, &new) {
             Ok(_) => Ok(Outcome::Applied),
             Err(e) if e.primary() == SQLITE_CONSTRAINT => {
                 if !self.exists(key)? {
                     return Ok(Outcome::ConstraintFailed);
                 }
                 if self.conflict(ConflictKind::Conflict, c, policy)? {
-                    let del = format!(
-                        "DELETE FROM main.{} WHERE {}",
-                        quote(&self.info.name),
-                        self.key_where(1)
-                    );
-                    self.exec(del, key)?;
-                    self.exec(sql, &new)?;
+                    self.exec(Shape::DeleteKey, key)?;
+                    self.exec(Shape::Insert, &new)?;
                     return Ok(Outcome::Replaced);
                 }
                 Ok(Outcome::Skipped)
@@ -571,91 +529,149 @@ impl<'d, 'i, D: Db + 'd> TableApply<'d, 'i, D> {
         key: &[ValueRef<'_>],
         stored_key: Option<Vec<Value>>,
     ) -> Result<(), Error> {
-        let Some(id) = self.shadow else { return Ok(()) };
-        let shadow_key: Vec<String> = self.pk.iter().map(|&i| format!("c{}", i + 1)).collect();
+        if self.shadow.is_none() {
+            return Ok(());
+        }
         if c.op == Op::Delete {
             // The key as the table stored it, read before the delete: the changeset may
             // spell it differently (TEXT '1' for INTEGER 1) and the shadow has no affinity.
             let Some(stored) = stored_key else {
                 return Ok(());
             };
-            let cond: Vec<String> = shadow_key
-                .iter()
-                .enumerate()
-                .map(|(j, c)| format!("{c} = ?{}", j + 1))
-                .collect();
-            let sql = format!(
-                "UPDATE main.pdb_shadow_{id} SET existed = 0 WHERE {}",
-                cond.join(" AND ")
-            );
             let params: Vec<ValueRef<'_>> = stored.iter().map(Value::as_ref).collect();
-            self.exec(sql, &params)?;
+            self.exec(Shape::ShadowDelete, &params)?;
             return Ok(());
         }
-        // Values are copied from the table row as stored (its column affinities
-        // applied), not from the changeset, so the saved image equals what a local
-        // reader of the table would have seen.
         let cols: Vec<usize> = match c.op {
             Op::Update => (0..self.n).filter(|&i| defined(c.new[i])).collect(),
             // All of the table's columns: trailing ones the changeset lacks took defaults.
             _ => (0..self.info.columns.len()).collect(),
         };
-        let table = quote(&self.info.name);
-        // Qualified: user columns may be named like the shadow's (c1, seq, existed).
-        let key_where: String = self
-            .pk
-            .iter()
-            .enumerate()
-            .map(|(j, &i)| format!("t.{} = ?{}", self.col(i), j + 1))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let t_cols: Vec<String> = cols.iter().map(|&i| format!("t.{}", self.col(i))).collect();
-        let s_cols: Vec<String> = cols.iter().map(|i| format!("c{}", i + 1)).collect();
-        let t_key: Vec<String> = self
-            .pk
-            .iter()
-            .map(|&i| format!("t.{}", self.col(i)))
-            .collect();
-        let mut set = Vec::new();
-        if c.op == Op::Insert {
-            set.push("existed = 1".to_string());
-        }
-        if !cols.is_empty() {
-            set.push(format!(
-                "({}) = (SELECT {} FROM main.{table} AS t WHERE {key_where})",
-                s_cols.join(", "),
-                t_cols.join(", ")
-            ));
-        }
-        if set.is_empty() {
+        if c.op == Op::Update && cols.is_empty() {
             return Ok(());
         }
-        // A row saved as "did not exist" has no image for an UPDATE to move forward.
-        let guard = if c.op == Op::Update {
-            " AND existed = 1"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "UPDATE main.pdb_shadow_{id} SET {} WHERE ({}) IN (SELECT {} FROM main.{table} AS t WHERE {key_where}){guard}",
-            set.join(", "),
-            shadow_key.join(", "),
-            t_key.join(", "),
-        );
-        self.exec(sql, key)?;
+        self.exec(Shape::ShadowForward { op: c.op, cols }, key)?;
         Ok(())
     }
 
     /// The key of the row matching `key` as the table stores it, if there is one.
     fn stored_key(&mut self, key: &[ValueRef<'_>]) -> Result<Option<Vec<Value>>, Error> {
-        let cols: Vec<String> = self.pk.iter().map(|&i| self.col(i)).collect();
-        let sql = format!(
-            "SELECT {} FROM main.{} WHERE {}",
-            cols.join(", "),
-            quote(&self.info.name),
-            self.key_where(1)
-        );
-        self.first_row(sql, key)
+        self.first_row(Shape::StoredKey, key)
+    }
+}
+
+/// The SQL of a statement shape for table `info` (key columns `pk`, `n` columns in the
+/// changeset, shadow table `shadow`).
+fn sql_for(shape: &Shape, info: &TableInfo, pk: &[usize], n: usize, shadow: Option<i64>) -> String {
+    let col = |i: usize| quote(&info.columns[i].name);
+    let table = quote(&info.name);
+    // `pk1 = ?first AND pk2 = ?first+1 ...`, optionally qualified by a table alias.
+    let key_where = |first: usize, alias: &str| {
+        pk.iter()
+            .enumerate()
+            .map(|(j, &i)| format!("{alias}{} = ?{}", col(i), first + j))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    match shape {
+        Shape::Delete => {
+            let conds: Vec<String> = (0..n)
+                .map(|i| {
+                    let op = if pk.contains(&i) { "=" } else { "IS" };
+                    format!("{} {op} ?{}", col(i), i + 1)
+                })
+                .collect();
+            format!("DELETE FROM main.{table} WHERE {}", conds.join(" AND "))
+        }
+        Shape::DeleteKey => format!("DELETE FROM main.{table} WHERE {}", key_where(1, "")),
+        Shape::Exists => format!("SELECT 1 FROM main.{table} WHERE {}", key_where(1, "")),
+        Shape::StoredKey => {
+            let cols: Vec<String> = pk.iter().map(|&i| col(i)).collect();
+            format!(
+                "SELECT {} FROM main.{table} WHERE {}",
+                cols.join(", "),
+                key_where(1, "")
+            )
+        }
+        Shape::Insert => {
+            let cols: Vec<String> = (0..n).map(col).collect();
+            let params: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
+            format!(
+                "INSERT INTO main.{table}({}) VALUES ({})",
+                cols.join(", "),
+                params.join(", ")
+            )
+        }
+        Shape::Update { set, check } => {
+            let k = pk.len();
+            let mut assign: Vec<String> = set
+                .iter()
+                .enumerate()
+                .map(|(j, &i)| format!("{} = ?{}", col(i), k + j + 1))
+                .collect();
+            // An UPDATE that sets nothing is a no-op that still checks its old values,
+            // as in the session extension; SQL needs at least one assignment.
+            if assign.is_empty() {
+                let c = col(pk[0]);
+                assign.push(format!("{c} = {c}"));
+            }
+            let mut sql = format!(
+                "UPDATE main.{table} SET {} WHERE {}",
+                assign.join(", "),
+                key_where(1, "")
+            );
+            for (j, &i) in check.iter().flatten().enumerate() {
+                let _ = write!(sql, " AND {} IS ?{}", col(i), k + set.len() + j + 1);
+            }
+            sql
+        }
+        Shape::ShadowDelete => {
+            let cond: Vec<String> = pk
+                .iter()
+                .enumerate()
+                .map(|(j, &i)| format!("c{} = ?{}", i + 1, j + 1))
+                .collect();
+            format!(
+                "UPDATE main.pdb_shadow_{} SET existed = 0 WHERE {}",
+                shadow.unwrap_or(0),
+                cond.join(" AND ")
+            )
+        }
+        Shape::ShadowForward { op, cols } => {
+            // Values are copied from the table row as stored (its column affinities
+            // applied), not from the changeset, so the saved image equals what a local
+            // reader of the table would have seen. Qualified: user columns may be named
+            // like the shadow's (c1, seq, existed).
+            let t_key = key_where(1, "t.");
+            let shadow_key: Vec<String> = pk.iter().map(|&i| format!("c{}", i + 1)).collect();
+            let t_pk: Vec<String> = pk.iter().map(|&i| format!("t.{}", col(i))).collect();
+            let t_cols: Vec<String> = cols.iter().map(|&i| format!("t.{}", col(i))).collect();
+            let s_cols: Vec<String> = cols.iter().map(|i| format!("c{}", i + 1)).collect();
+            let mut set = Vec::new();
+            if *op == Op::Insert {
+                set.push("existed = 1".to_string());
+            }
+            if !cols.is_empty() {
+                set.push(format!(
+                    "({}) = (SELECT {} FROM main.{table} AS t WHERE {t_key})",
+                    s_cols.join(", "),
+                    t_cols.join(", ")
+                ));
+            }
+            // A row saved as "did not exist" has no image for an UPDATE to move forward.
+            let guard = if *op == Op::Update {
+                " AND existed = 1"
+            } else {
+                ""
+            };
+            format!(
+                "UPDATE main.pdb_shadow_{} SET {} WHERE ({}) IN (SELECT {} FROM main.{table} AS t WHERE {t_key}){guard}",
+                shadow.unwrap_or(0),
+                set.join(", "),
+                shadow_key.join(", "),
+                t_pk.join(", "),
+            )
+        }
     }
 }
 
