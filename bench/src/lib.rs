@@ -47,3 +47,55 @@ pub fn run(bench: impl FnOnce() -> Res<()>) {
         fail(&e.to_string());
     }
 }
+
+/// Prints the machine line every benchmark starts with: cores, CPU, load.
+pub fn print_machine() {
+    println!(
+        "machine: nproc {}, {}, load average {} at start",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model(),
+        loadavg()
+    );
+}
+
+/// The median of `v` (the mean of the middle two for an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// A number from the environment variable `name`, or `default` when it is unset.
+pub fn env_num<T: std::str::FromStr>(name: &str, default: T) -> Res<T> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}={v:?} is not a number").into()),
+        Err(_) => Ok(default),
+    }
+}
+
+/// Loads this workspace's `libpdb` into `conn`.
+pub fn load_pdb(conn: &rusqlite::Connection, lib: &std::path::Path) -> Res<()> {
+    // SAFETY: the library is this workspace's own extension, built for this SQLite API.
+    unsafe {
+        conn.load_extension_enable()?;
+        conn.load_extension(lib, Some("sqlite3_pdb_init"))?;
+    }
+    conn.load_extension_disable()?;
+    Ok(())
+}
+
+/// Removes a database file and its WAL companions.
+pub fn remove_db(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+}

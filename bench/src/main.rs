@@ -2,7 +2,7 @@
 //! and with the SQLite session extension, all in one process on the same bundled
 //! SQLite, reported as medians and ratios against the plain run.
 
-use pdb_bench::{cpu_model, loadavg, run, verdict, Res};
+use pdb_bench::{load_pdb, loadavg, median, print_machine, remove_db, run, verdict, Res};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::io::Read;
@@ -259,16 +259,6 @@ fn open(path: &Path) -> Res<Connection> {
     Ok(conn)
 }
 
-fn load_pdb(conn: &Connection, lib: &Path) -> Res<()> {
-    // SAFETY: the library is this workspace's own extension, built for this SQLite API.
-    unsafe {
-        conn.load_extension_enable()?;
-        conn.load_extension(lib, Some("sqlite3_pdb_init"))?;
-    }
-    conn.load_extension_disable()?;
-    Ok(())
-}
-
 fn digest(conn: &Connection) -> Res<(usize, u64)> {
     let mut stmt = conn.prepare("SELECT id, title, body, n FROM items ORDER BY id")?;
     let mut rows = stmt.query([])?;
@@ -281,14 +271,6 @@ fn digest(conn: &Connection) -> Res<(usize, u64)> {
         count += 1;
     }
     Ok((count, h.finish()))
-}
-
-fn remove_db(path: &Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let mut p = path.as_os_str().to_owned();
-        p.push(suffix);
-        let _ = std::fs::remove_file(p);
-    }
 }
 
 fn run_variant(v: Variant, opts: &Opts, data: &Data, dir: &Path, keep: bool) -> Res<Run> {
@@ -419,16 +401,6 @@ fn same_changes(w: Workload, data: &Data, ours: &[u8], theirs: &[u8]) -> Res<()>
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
-}
-
 fn main() {
     run(bench);
 }
@@ -452,12 +424,7 @@ fn bench() -> Res<()> {
         load_pdb(&conn, &opts.lib)?;
         conn.query_row("SELECT pdb_version()", [], |r| r.get(0))?
     };
-    println!(
-        "machine: nproc {}, {}, load average {} at start",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu_model(),
-        loadavg()
-    );
+    print_machine();
     println!(
         "sqlite {} (rusqlite bundled, one library for all variants); libpdb {} ({})",
         rusqlite::version(),

@@ -6,7 +6,7 @@
 //! (changes per commit, default 100), `PDB_APPLY_REPS` (default 3), `PDB_LIB` (default
 //! `<workspace>/target/release/libpdb.so`).
 
-use pdb_bench::{cpu_model, loadavg, run, verdict, Res};
+use pdb_bench::{env_num, load_pdb, loadavg, median, print_machine, remove_db, run, verdict, Res};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -35,15 +35,6 @@ const DUMPS: [&str; 2] = [
     "SELECT id, title, body, stars FROM notes ORDER BY id",
     "SELECT a, b, v, n FROM pairs ORDER BY a, b",
 ];
-
-fn env_usize(name: &str, default: usize) -> Res<usize> {
-    match std::env::var(name) {
-        Ok(s) => Ok(s
-            .parse()
-            .map_err(|_| format!("{name}={s:?} is not a number"))?),
-        Err(_) => Ok(default),
-    }
-}
 
 /// Xorshift64*: small, seedable, deterministic.
 struct Rng(u64);
@@ -290,24 +281,6 @@ fn pending_changes(conn: &Connection) -> Res<usize> {
     pending.map_or(Ok(0), |p| count_changes(&p))
 }
 
-fn load_pdb(conn: &Connection, lib: &Path) -> Res<()> {
-    // SAFETY: the library is this workspace's own extension, built for this SQLite API.
-    unsafe {
-        conn.load_extension_enable()?;
-        conn.load_extension(lib, Some("sqlite3_pdb_init"))?;
-    }
-    conn.load_extension_disable()?;
-    Ok(())
-}
-
-fn remove_db(path: &Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let mut p = path.as_os_str().to_owned();
-        p.push(suffix);
-        let _ = std::fs::remove_file(p);
-    }
-}
-
 /// A fresh target database with the DDL and the initial rows.
 fn open_target(path: &Path, init: &Initial) -> Res<Connection> {
     remove_db(path);
@@ -399,25 +372,15 @@ fn run_variant(
     Ok((secs, d))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
-}
-
 fn main() {
     run(bench);
 }
 
 fn bench() -> Res<()> {
     let started = Instant::now();
-    let commits = env_usize("PDB_APPLY_COMMITS", 1000)?;
-    let per = env_usize("PDB_APPLY_CHANGES", 100)?;
-    let reps = env_usize("PDB_APPLY_REPS", 3)?;
+    let commits = env_num::<usize>("PDB_APPLY_COMMITS", 1000)?;
+    let per = env_num::<usize>("PDB_APPLY_CHANGES", 100)?;
+    let reps = env_num::<usize>("PDB_APPLY_REPS", 3)?;
     if commits == 0 || per == 0 || reps == 0 {
         return Err("PDB_APPLY_COMMITS, PDB_APPLY_CHANGES and PDB_APPLY_REPS must be > 0".into());
     }
@@ -440,12 +403,7 @@ fn bench() -> Res<()> {
         load_pdb(&conn, &lib)?;
         conn.query_row("SELECT pdb_version()", [], |r| r.get(0))?
     };
-    println!(
-        "machine: nproc {}, {}, load average {} at start",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu_model(),
-        loadavg()
-    );
+    print_machine();
     println!(
         "sqlite {} (rusqlite bundled, one library for both variants); libpdb {} ({})",
         rusqlite::version(),

@@ -44,7 +44,7 @@
 //! system temp directory), `PDB_WITNESS_BIN` (default `<workspace>/target/release/
 //! pdb-witness`).
 
-use pdb_bench::{cpu_model, fail, loadavg, run, verdict, Res};
+use pdb_bench::{env_num, fail, loadavg, print_machine, run, verdict, Res};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -78,16 +78,6 @@ struct Settings {
     threads: usize,
     dir: PathBuf,
     bin: PathBuf,
-}
-
-fn env_num<T: std::str::FromStr>(name: &str, default: T) -> Res<T> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| format!("{name}={v:?} is not a number").into()),
-        Err(_) => Ok(default),
-    }
 }
 
 fn settings() -> Res<Settings> {
@@ -748,12 +738,7 @@ fn bench() -> Res<()> {
     let started = Instant::now();
     let template = Arc::new(Template::new());
     template.check()?;
-    println!(
-        "machine: nproc {}, {}, load average {} at start",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu_model(),
-        loadavg()
-    );
+    print_machine();
     println!(
         "witness: {} (fresh data directory per scenario in {}, {})",
         s.bin.display(),
