@@ -22,19 +22,13 @@ pub fn random32() -> std::io::Result<[u8; 32]> {
 
 /// Reads a 32-byte hex file, creating it with fresh random bytes if it does not exist.
 pub fn load_or_create(path: &Path) -> std::io::Result<[u8; 32]> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => parse_hex::<32>(s.trim()).ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{}: expected 64 hex digits", path.display()),
-            )
-        }),
+    match load(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let bytes = random32()?;
             write_secret(path, &bytes)?;
             Ok(bytes)
         }
-        Err(e) => Err(e),
+        found => found,
     }
 }
 

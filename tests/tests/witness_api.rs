@@ -554,6 +554,22 @@ fn dump(conn: &Connection, sql: &str) -> Vec<Vec<rusqlite::types::Value>> {
         .unwrap()
 }
 
+/// Runs `pdb-witness <cmd> <dir> --data <data>` and requires it to succeed.
+fn witness_cli(cmd: &str, dir: &std::path::Path, data: &std::path::Path) {
+    let out = std::process::Command::new(pdb_tests::witness::witness_bin())
+        .arg(cmd)
+        .arg(dir)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn replay(history: &[Value]) -> Connection {
     let conn = Connection::open_in_memory().unwrap();
     conn.execute_batch(DDL).unwrap();
@@ -606,18 +622,7 @@ fn restarts_keep_the_history_and_backups_restore_a_consistent_prefix() {
             }
         })
     };
-    let out = std::process::Command::new(pdb_tests::witness::witness_bin())
-        .args(["backup"])
-        .arg(&backup)
-        .arg("--data")
-        .arg(&f.w.data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    witness_cli("backup", &backup, &f.w.data);
     writer.join().unwrap();
 
     let full = f.c.history("g");
@@ -642,18 +647,7 @@ fn restarts_keep_the_history_and_backups_restore_a_consistent_prefix() {
 
     // The backup: a prefix of the history, consistent with its replica once started.
     let restored = temp_dir("restart-restored");
-    let out = std::process::Command::new(pdb_tests::witness::witness_bin())
-        .args(["restore"])
-        .arg(&backup)
-        .arg("--data")
-        .arg(&restored)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    witness_cli("restore", &backup, &restored);
     let w3 = WitnessProc::start(&restored);
     assert_eq!(w3.key, f.w.key);
     let c3 = w3.admin_client();
