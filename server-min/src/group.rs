@@ -146,7 +146,6 @@ pub fn start(id: i64, name: &str, ddl: &str, replica: Replica, env: Env) -> Resu
     let mut seq = Sequencer {
         id,
         name: name.to_string(),
-        schema_hash: replica.schema_hash(),
         replica,
         pos: Position {
             seq: 0,
@@ -166,7 +165,7 @@ pub fn start(id: i64, name: &str, ddl: &str, replica: Replica, env: Env) -> Resu
     let info = Arc::new(GroupInfo {
         id,
         name: name.to_string(),
-        schema_hash: seq.schema_hash,
+        schema_hash: seq.replica.schema_hash(),
         ddl: ddl.to_string(),
         tables,
         head: watch::channel(head).0,
@@ -192,7 +191,6 @@ const FLUSH_IDLE: std::time::Duration = std::time::Duration::from_millis(20);
 struct Sequencer {
     id: i64,
     name: String,
-    schema_hash: Hash,
     replica: Replica,
     pos: Position,
     /// (seq, head) of the latest commits, oldest first.
@@ -414,16 +412,17 @@ impl Sequencer {
                 ))),
             };
         }
-        if req.schema_hash != self.schema_hash {
+        let schema_hash = self.replica.schema_hash();
+        if req.schema_hash != schema_hash {
             return Ok(Outcome::done(Err(Problem::new(
                 Code::SchemaMismatch,
                 format!(
                     "Pdb-Schema {} differs from the group's schema {}",
                     hex(&req.schema_hash),
-                    hex(&self.schema_hash)
+                    hex(&schema_hash)
                 ),
             )
-            .with("schema_hash", hex(&self.schema_hash)))));
+            .with("schema_hash", hex(&schema_hash)))));
         }
         let touched = match self.replica.validate(changeset) {
             Ok(t) => t,

@@ -133,11 +133,6 @@ impl Witness {
         self.key.verifying_key().to_bytes()
     }
 
-    /// The data directory.
-    pub fn data_dir(&self) -> &Path {
-        &self.data
-    }
-
     /// The history store.
     pub fn store(&self) -> &Store {
         &self.store
