@@ -13,6 +13,7 @@ use pdb_client::changeset::{self, Writer};
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
+pub mod device;
 pub mod witness;
 
 /// The workspace root.

@@ -112,6 +112,26 @@ impl ConflictKind {
 
 /// Applies `changeset` to `db` under `policy`, atomically: on error nothing changes.
 pub fn apply<D: Db>(db: &D, changeset: &[u8], policy: OnConflict) -> Result<ApplyStats, Error> {
+    let guard = capture::has_schema(db)?;
+    apply_with(db, changeset, policy, guard)
+}
+
+/// [`apply`] for a caller that holds the apply guard itself (a rebase, which applies
+/// several changesets in one transaction with capture muted throughout).
+pub(crate) fn apply_guarded<D: Db>(
+    db: &D,
+    changeset: &[u8],
+    policy: OnConflict,
+) -> Result<ApplyStats, Error> {
+    apply_with(db, changeset, policy, false)
+}
+
+fn apply_with<D: Db>(
+    db: &D,
+    changeset: &[u8],
+    policy: OnConflict,
+    set_guard: bool,
+) -> Result<ApplyStats, Error> {
     // Read everything before writing anything, so a malformed tail changes nothing.
     let groups = changeset::parse(changeset)?;
     let has_schema = capture::has_schema(db)?;
@@ -136,7 +156,7 @@ pub fn apply<D: Db>(db: &D, changeset: &[u8], policy: OnConflict) -> Result<Appl
         was_on: defer_fk,
     };
     transaction(db, "pdb_apply", || {
-        if has_schema {
+        if set_guard {
             db.execute_batch("INSERT OR REPLACE INTO pdb_apply_guard(active) VALUES (1)")?;
         }
         db.execute_batch("PRAGMA defer_foreign_keys = ON")?;
@@ -159,7 +179,7 @@ pub fn apply<D: Db>(db: &D, changeset: &[u8], policy: OnConflict) -> Result<Appl
         if fk_on {
             check_foreign_keys(db, policy, &mut stats)?;
         }
-        if has_schema {
+        if set_guard {
             db.execute_batch("DELETE FROM pdb_apply_guard")?;
         }
         Ok(stats)

@@ -252,18 +252,6 @@ pub fn clear<D: Db>(db: &D, tables: &[Tracked]) -> Result<(), Error> {
     Ok(())
 }
 
-/// Value equality as the session extension decides "changed": same storage class and
-/// equal value (REAL compared as doubles, TEXT and BLOB byte-wise).
-fn same(a: ValueRef<'_>, b: ValueRef<'_>) -> bool {
-    match (a, b) {
-        (ValueRef::Null, ValueRef::Null) => true,
-        (ValueRef::Integer(x), ValueRef::Integer(y)) => x == y,
-        (ValueRef::Real(x), ValueRef::Real(y)) => x == y,
-        (ValueRef::Text(x), ValueRef::Text(y)) | (ValueRef::Blob(x), ValueRef::Blob(y)) => x == y,
-        _ => false,
-    }
-}
-
 fn diff_table<D: Db>(db: &D, t: &Tracked, out: &mut Writer) -> Result<(), Error> {
     let info = &t.info;
     let n = info.columns.len();
@@ -361,7 +349,7 @@ fn diff_table<D: Db>(db: &D, t: &Tracked, out: &mut Writer) -> Result<(), Error>
             (true, false) => (Op::Delete, orig),
             (true, true) => {
                 for i in 0..n {
-                    changed[i] = pk[i] == 0 && !same(orig[i], cur[i]);
+                    changed[i] = pk[i] == 0 && !orig[i].same(cur[i]);
                 }
                 if !changed.contains(&true) {
                     return Ok(());

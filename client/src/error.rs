@@ -1,5 +1,7 @@
 use crate::changeset::{ConcatError, FormatError};
 use crate::db::DbError;
+use crate::history::ChainError;
+use crate::transport::{Rejection, TransportError};
 
 /// Everything that can go wrong in the client. Messages name the table, row or argument
 /// at fault; the extension prefixes them with the SQL function's name.
@@ -26,6 +28,23 @@ pub enum Error {
     /// Applying a changeset hit a conflict that the policy says to abort on.
     #[error("{0}")]
     Conflict(String),
+    /// Sync was asked for before `pdb_open()` said where to.
+    #[error(
+        "this database has no witness yet: call pdb_open(url, group, token, witness_key) first"
+    )]
+    NotOpen,
+    /// The witness could not be reached, or answered outside the protocol.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The witness refused a request (its problem code and detail).
+    #[error("the witness refused: {0}")]
+    Rejected(Rejection),
+    /// Pulled history failed verification; nothing of it was applied.
+    #[error("pulled history refused, nothing applied: {0}")]
+    Chain(#[from] ChainError),
+    /// The device's tables do not match what the certified history says they are.
+    #[error("{0}")]
+    Diverged(String),
 }
 
 impl Error {

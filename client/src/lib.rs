@@ -12,6 +12,8 @@
 //! - [`cert`], [`state`]: heads, certificates and the state digest (DESIGN §4).
 //! - [`history`]: checking pulled certificates as a chain, and the local state digest.
 //! - [`transport`]: the witness's HTTP API from a device's side.
+//! - [`sync`]: `pdb_open`, push, pull, rebase with conflict strategies, status.
+//! - [`rows`]: whole rows by key, as rebase compares, records and writes them.
 #![forbid(unsafe_code)]
 
 pub mod apply;
@@ -22,8 +24,10 @@ pub mod db;
 mod error;
 pub mod history;
 pub mod queue;
+pub mod rows;
 pub mod schema;
 pub mod state;
+pub mod sync;
 pub mod transport;
 pub mod value;
 mod varint;

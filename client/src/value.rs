@@ -72,7 +72,28 @@ impl Value {
     }
 }
 
+impl<'a> ValueRef<'a> {
+    /// TEXT of `s`, or NULL for `None`.
+    pub fn text_or_null(s: Option<&'a str>) -> ValueRef<'a> {
+        s.map_or(ValueRef::Null, |s| ValueRef::Text(s.as_bytes()))
+    }
+}
+
 impl ValueRef<'_> {
+    /// Equality as the session extension decides "changed": same storage class and
+    /// equal value (REAL compared as doubles, TEXT and BLOB byte-wise).
+    pub fn same(self, other: ValueRef<'_>) -> bool {
+        match (self, other) {
+            (ValueRef::Null, ValueRef::Null) => true,
+            (ValueRef::Integer(x), ValueRef::Integer(y)) => x == y,
+            (ValueRef::Real(x), ValueRef::Real(y)) => x == y,
+            (ValueRef::Text(x), ValueRef::Text(y)) | (ValueRef::Blob(x), ValueRef::Blob(y)) => {
+                x == y
+            }
+            _ => false,
+        }
+    }
+
     /// Copies this value into an owned one.
     pub fn to_owned(self) -> Value {
         match self {

@@ -18,6 +18,7 @@ mod ffi;
 
 use pdb_client::apply::{self, OnConflict};
 use pdb_client::changeset::{self, ChangeJson};
+use pdb_client::sync::{self, config, strategy::Strategy};
 use pdb_client::{capture, queue, Error, ValueRef};
 
 pub use ffi::Conn;
@@ -112,6 +113,72 @@ pub static FUNCTIONS: &[Function] = &[
         deterministic: true,
         run: concat,
     },
+    Function {
+        name: "pdb_open",
+        n_arg: 4,
+        deterministic: false,
+        run: open,
+    },
+    Function {
+        name: "pdb_sync",
+        n_arg: 0,
+        deterministic: false,
+        run: sync_once,
+    },
+    Function {
+        name: "pdb_push",
+        n_arg: 0,
+        deterministic: false,
+        run: push,
+    },
+    Function {
+        name: "pdb_pull",
+        n_arg: 0,
+        deterministic: false,
+        run: pull,
+    },
+    Function {
+        name: "pdb_status",
+        n_arg: 0,
+        deterministic: false,
+        run: status,
+    },
+    Function {
+        name: "pdb_head",
+        n_arg: 0,
+        deterministic: false,
+        run: head,
+    },
+    Function {
+        name: "pdb_certificate",
+        n_arg: 1,
+        deterministic: false,
+        run: certificate,
+    },
+    Function {
+        name: "pdb_verify",
+        n_arg: 0,
+        deterministic: false,
+        run: verify,
+    },
+    Function {
+        name: "pdb_set_strategy",
+        n_arg: 2,
+        deterministic: false,
+        run: set_strategy,
+    },
+    Function {
+        name: "pdb_set_strategy",
+        n_arg: 3,
+        deterministic: false,
+        run: set_strategy,
+    },
+    Function {
+        name: "pdb_resolve",
+        n_arg: 2,
+        deterministic: false,
+        run: resolve,
+    },
 ];
 
 fn text_arg<'a>(args: &[ValueRef<'a>], i: usize, what: &str) -> Result<&'a str, Error> {
@@ -192,6 +259,75 @@ fn concat(_: &Conn, args: &[ValueRef<'_>]) -> Result<Output, Error> {
             b.unwrap_or_default(),
         )?)),
     }
+}
+
+fn open(db: &Conn, args: &[ValueRef<'_>]) -> Result<Output, Error> {
+    let url = text_arg(args, 0, "url")?;
+    let group = text_arg(args, 1, "group")?;
+    let token = text_arg(args, 2, "token")?;
+    let key = text_arg(args, 3, "witness_key")?;
+    config::open(db, url, group, token, key)?;
+    Ok(Output::Text(group.to_string()))
+}
+
+fn sync_once(db: &Conn, _: &[ValueRef<'_>]) -> Result<Output, Error> {
+    Ok(Output::Text(sync::sync(db)?.to_json()))
+}
+
+fn push(db: &Conn, _: &[ValueRef<'_>]) -> Result<Output, Error> {
+    Ok(Output::Text(sync::push_now(db)?.to_json()))
+}
+
+fn pull(db: &Conn, _: &[ValueRef<'_>]) -> Result<Output, Error> {
+    Ok(Output::Text(sync::pull_now(db)?.to_json()))
+}
+
+fn status(db: &Conn, _: &[ValueRef<'_>]) -> Result<Output, Error> {
+    Ok(Output::Text(sync::status_json(db)?))
+}
+
+fn head(db: &Conn, _: &[ValueRef<'_>]) -> Result<Output, Error> {
+    let cfg = config::load(db)?;
+    let (seq, head) = config::head(db, &cfg.group)?;
+    Ok(Output::Text(format!(
+        r#"{{"seq":{seq},"head":"{}"}}"#,
+        pdb_client::cert::hex(&head)
+    )))
+}
+
+fn certificate(db: &Conn, args: &[ValueRef<'_>]) -> Result<Output, Error> {
+    let ValueRef::Integer(seq) = args[0] else {
+        return Err(Error::Argument(
+            "argument 1 (seq) must be an INTEGER".into(),
+        ));
+    };
+    Ok(sync::certificate(db, seq)?.map_or(Output::Null, |c| {
+        Output::Text(serde_json::Value::Object(c.to_json()).to_string())
+    }))
+}
+
+fn verify(db: &Conn, _: &[ValueRef<'_>]) -> Result<Output, Error> {
+    Ok(Output::Text(sync::verify(db)?))
+}
+
+fn set_strategy(db: &Conn, args: &[ValueRef<'_>]) -> Result<Output, Error> {
+    let table = text_arg(args, 0, "table")?;
+    let function = match args.get(2) {
+        None | Some(ValueRef::Null) => None,
+        Some(_) => Some(text_arg(args, 2, "sql_function")?),
+    };
+    let strategy = Strategy::parse(text_arg(args, 1, "strategy")?, function)?;
+    Ok(Output::Text(sync::strategy::set(db, table, &strategy)?))
+}
+
+fn resolve(db: &Conn, args: &[ValueRef<'_>]) -> Result<Output, Error> {
+    let ValueRef::Integer(id) = args[0] else {
+        return Err(Error::Argument(
+            "argument 1 (conflict_id) must be an INTEGER".into(),
+        ));
+    };
+    let choice = text_arg(args, 1, "'local', 'remote' or a JSON row")?;
+    Ok(Output::Text(sync::resolve::resolve(db, id, choice)?))
 }
 
 /// The safe half of the `pdb_changeset_rows` cursor: the decoded rows and a position.

@@ -1,0 +1,489 @@
+//! Sync with a witness (DESIGN §6): push the upload queue, pull and verify certified
+//! commits, rebase what is still pending over them.
+//!
+//! - [`config`]: `pdb_open`, the applied head and state vector.
+//! - [`rebase`]: one transaction that applies remote commits under pending local ones.
+//! - [`strategy`]: how conflicting rows are settled.
+//! - [`resolve`]: `pdb_resolve` for conflicts left to the application.
+//! - [`status`]: the in-memory part of `pdb_status()`.
+
+pub mod config;
+pub mod rebase;
+pub mod resolve;
+pub mod status;
+pub mod strategy;
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::capture;
+use crate::cert::{genesis, hex, next_head, parse_hash, Certificate};
+use crate::db::{Db, Stmt};
+use crate::schema::schema_hash;
+use crate::transport::{Remote, Submission};
+use crate::value::{Value, ValueRef};
+use crate::Error;
+use config::Config;
+
+/// Commits asked for per pull page (the witness also caps a page at a few MiB).
+const PAGE: usize = 1000;
+
+/// Push/pull rounds one sync runs at most: a round ends early when nothing is left.
+const ROUNDS: usize = 5;
+
+/// What a sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Local commits the witness certified.
+    pub pushed: usize,
+    /// Remote commits applied (this device's own included, once certified).
+    pub pulled: usize,
+    /// Conflicts recorded in `pdb_conflicts`.
+    pub conflicts: usize,
+    /// Local commits the witness refused for good (dead letters).
+    pub dead: usize,
+    /// The applied head afterwards.
+    pub head: (u64, String),
+}
+
+impl Summary {
+    /// The JSON `pdb_sync()` returns.
+    pub fn to_json(&self) -> String {
+        json!({
+            "pushed": self.pushed,
+            "pulled": self.pulled,
+            "conflicts": self.conflicts,
+            "dead": self.dead,
+            "head": {"seq": self.head.0, "head": self.head.1},
+        })
+        .to_string()
+    }
+}
+
+/// A connection to the database's witness.
+pub fn remote(cfg: &Config) -> Remote {
+    Remote::new(&cfg.url, &cfg.group, &cfg.token)
+}
+
+/// Records the outcome of a sync step in the live status, then passes it on.
+fn note<T>(path: &str, r: Result<T, Error>) -> Result<T, Error> {
+    status::update(path, |s| match &r {
+        Ok(_) => {
+            s.online = Some(true);
+            s.last_error = None;
+            s.last_sync_at = Some(capture::now_ms());
+        }
+        Err(e) => {
+            s.online = Some(!matches!(e, Error::Transport(_)));
+            s.last_error = Some(e.to_string());
+        }
+    });
+    r
+}
+
+/// Checks once per process that the group is signed by the pinned key and has this
+/// device's schema, so a mismatch is named before any commit is sent or pulled.
+fn check_group<D: Db>(db: &D, cfg: &Config, remote: &Remote, path: &str) -> Result<(), Error> {
+    if status::get(path).checked {
+        return Ok(());
+    }
+    let info = remote.group_info()?.map_err(Error::Rejected)?;
+    if info.witness_key != cfg.witness_key {
+        return Err(Error::Argument(format!(
+            "the witness at {} signs with key {}, not the pinned {}: refusing to sync",
+            cfg.url,
+            hex(&info.witness_key),
+            hex(&cfg.witness_key)
+        )));
+    }
+    let tables: Vec<_> = capture::tracked(db)?.into_iter().map(|t| t.info).collect();
+    let ours = schema_hash(&tables);
+    if info.schema_hash != ours {
+        let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+        return Err(Error::Schema(format!(
+            "schema_mismatch: group \"{}\" has schema {} but this device tracks {:?} with schema {}; \
+             nothing was sent or applied",
+            cfg.group,
+            hex(&info.schema_hash),
+            names,
+            hex(&ours)
+        )));
+    }
+    status::update(path, |s| s.checked = true);
+    Ok(())
+}
+
+/// One queued commit to send.
+struct Outgoing {
+    id: i64,
+    changeset: Vec<u8>,
+    key: String,
+    base_seq: u64,
+    base_head: Option<String>,
+    schema_hash: String,
+    meta: Option<String>,
+}
+
+fn next_outgoing<D: Db>(db: &D) -> Result<Option<Outgoing>, Error> {
+    let mut stmt = db.prepare(
+        "SELECT id, changeset, idempotency_key, base_seq, base_head, schema_hash, meta \
+         FROM pdb_upload_queue WHERE dead IS NULL AND pushed_seq IS NULL ORDER BY id LIMIT 1",
+    )?;
+    let mut out = None;
+    stmt.query(&mut |r| {
+        let text = |v: ValueRef<'_>| match v {
+            ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+            _ => None,
+        };
+        if let (ValueRef::Integer(id), ValueRef::Blob(cs), ValueRef::Integer(base_seq)) =
+            (r[0], r[1], r[3])
+        {
+            out = Some(Outgoing {
+                id,
+                changeset: cs.to_vec(),
+                key: text(r[2]).unwrap_or_default(),
+                base_seq: base_seq.max(0) as u64,
+                base_head: text(r[4]),
+                schema_hash: text(r[5]).unwrap_or_default(),
+                meta: text(r[6]),
+            });
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pushed {
+    /// Commits certified.
+    pub pushed: usize,
+    /// Commits dead-lettered.
+    pub dead: usize,
+    /// The witness's head moved past the queue's base: pull, then push again.
+    pub need_pull: bool,
+}
+
+/// Sends queued commits in order until the queue is sent or the witness asks for a
+/// pull first. Retries send the same idempotency key, so a commit whose answer was
+/// lost is never certified twice.
+pub fn push<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<Pushed, Error> {
+    let mut done = Pushed::default();
+    let client = config::client_id(db)?;
+    while let Some(c) = next_outgoing(db)? {
+        let base_head = match &c.base_head {
+            Some(h) => parse_hash(h).ok_or_else(|| {
+                Error::Diverged(format!("local commit {} has a corrupt base head", c.id))
+            })?,
+            None => genesis(&cfg.group),
+        };
+        let schema = parse_hash(&c.schema_hash).ok_or_else(|| {
+            Error::Diverged(format!("local commit {} has a corrupt schema hash", c.id))
+        })?;
+        let answer = remote.push(&Submission {
+            changeset: &c.changeset,
+            base: (c.base_seq, base_head),
+            idempotency_key: &c.key,
+            schema_hash: schema,
+            client: client.as_deref(),
+            meta: c.meta.as_deref(),
+        })?;
+        match answer {
+            Ok((cert, _duplicate)) => {
+                if cert.group != cfg.group {
+                    return Err(Error::Diverged(format!(
+                        "the witness certified local commit {} for group \"{}\", not \"{}\"",
+                        c.id, cert.group, cfg.group
+                    )));
+                }
+                cert.verify_signature(&cfg.witness_key)
+                    .map_err(|e| Error::Chain(e.into()))?;
+                db.execute(
+                    "UPDATE pdb_upload_queue SET pushed_seq = ?2 WHERE id = ?1",
+                    &[ValueRef::Integer(c.id), ValueRef::Integer(cert.seq as i64)],
+                )?;
+                done.pushed += 1;
+            }
+            Err(rej) => match rej.code.as_str() {
+                // The group moved on, or an earlier form of this commit was certified
+                // after all: the pull shows which, and rebases the rest.
+                "stale_base" | "conflict" | "idempotency_conflict" => {
+                    done.need_pull = true;
+                    return Ok(done);
+                }
+                // The witness will never take this commit: take it back locally and
+                // keep it visible as a dead letter, its rows in pdb_conflicts.
+                "invalid_changeset" | "too_large" => {
+                    let reason = format!("{} {}: {}", rej.status, rej.code, rej.detail);
+                    rebase::integrate(db, cfg, &[], Some((c.id, &reason)))?;
+                    done.dead += 1;
+                }
+                _ => return Err(Error::Rejected(rej)),
+            },
+        }
+    }
+    Ok(done)
+}
+
+/// Pulls, verifies and applies every commit after the applied head, a page per
+/// transaction. `wait` long-polls for the first page when nothing is new.
+pub fn pull<D: Db>(
+    db: &D,
+    cfg: &Config,
+    remote: &Remote,
+    wait: Duration,
+) -> Result<rebase::Integrated, Error> {
+    let mut total = rebase::Integrated {
+        pulled: 0,
+        confirmed: 0,
+        conflicts: 0,
+        head: config::head(db, &cfg.group)?,
+    };
+    let mut wait = wait;
+    loop {
+        let (seq, _) = config::head(db, &cfg.group)?;
+        let page = remote.pull(seq, PAGE, wait)?.map_err(Error::Rejected)?;
+        wait = Duration::ZERO;
+        if page.commits.is_empty() {
+            break;
+        }
+        let r = rebase::integrate(db, cfg, &page.commits, None)?;
+        total.pulled += r.pulled;
+        total.confirmed += r.confirmed;
+        total.conflicts += r.conflicts;
+        total.head = r.head;
+        if r.head.0 >= page.head.0 {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+fn count<D: Db>(db: &D, sql: &str) -> Result<i64, Error> {
+    Ok(match db.query_value(sql, &[])? {
+        Some(Value::Integer(n)) => n,
+        _ => 0,
+    })
+}
+
+/// Queued commits the witness has not certified yet.
+fn unsent<D: Db>(db: &D) -> Result<i64, Error> {
+    count(
+        db,
+        "SELECT count(*) FROM pdb_upload_queue WHERE dead IS NULL AND pushed_seq IS NULL",
+    )
+}
+
+/// `pdb_push()`: sends the queue; pulls and rebases when the witness asks for it.
+pub fn push_now<D: Db>(db: &D) -> Result<Summary, Error> {
+    run(db, |db, cfg, remote, sum| {
+        for _ in 0..ROUNDS {
+            let p = push(db, cfg, remote)?;
+            sum.pushed += p.pushed;
+            sum.dead += p.dead;
+            if !p.need_pull {
+                break;
+            }
+            let r = pull(db, cfg, remote, Duration::ZERO)?;
+            sum.pulled += r.pulled;
+            sum.conflicts += r.conflicts;
+        }
+        Ok(())
+    })
+}
+
+/// `pdb_pull()`: applies what the group has that this device has not.
+pub fn pull_now<D: Db>(db: &D) -> Result<Summary, Error> {
+    run(db, |db, cfg, remote, sum| {
+        let r = pull(db, cfg, remote, Duration::ZERO)?;
+        sum.pulled += r.pulled;
+        sum.conflicts += r.conflicts;
+        Ok(())
+    })
+}
+
+/// `pdb_sync()`: push, pull, and again while rebased commits wait to be sent.
+pub fn sync<D: Db>(db: &D) -> Result<Summary, Error> {
+    sync_waiting(db, Duration::ZERO)
+}
+
+/// A sync whose pull long-polls for `wait` when nothing is new (the worker's cycle).
+pub fn sync_waiting<D: Db>(db: &D, wait: Duration) -> Result<Summary, Error> {
+    run(db, |db, cfg, remote, sum| {
+        for round in 0..ROUNDS {
+            let p = push(db, cfg, remote)?;
+            sum.pushed += p.pushed;
+            sum.dead += p.dead;
+            let waiting = if round == 0 && p.pushed == 0 {
+                wait
+            } else {
+                Duration::ZERO
+            };
+            let r = pull(db, cfg, remote, waiting)?;
+            sum.pulled += r.pulled;
+            sum.conflicts += r.conflicts;
+            if unsent(db)? == 0 {
+                break;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Runs a sync step with the stored config, noting its outcome in the live status.
+fn run<D: Db>(
+    db: &D,
+    f: impl FnOnce(&D, &Config, &Remote, &mut Summary) -> Result<(), Error>,
+) -> Result<Summary, Error> {
+    let path = status::db_path(db)?;
+    let result = (|| {
+        let cfg = config::load(db)?;
+        let remote = remote(&cfg);
+        check_group(db, &cfg, &remote, &path)?;
+        let mut sum = Summary::default();
+        f(db, &cfg, &remote, &mut sum)?;
+        let (seq, head) = config::head(db, &cfg.group)?;
+        sum.head = (seq, hex(&head));
+        Ok(sum)
+    })();
+    note(&path, result)
+}
+
+/// `pdb_status()` as JSON.
+pub fn status_json<D: Db>(db: &D) -> Result<String, Error> {
+    let path = status::db_path(db)?;
+    let live = status::get(&path);
+    let cfg = config::load(db).ok();
+    let mut out = json!({
+        "open": cfg.is_some(),
+        "online": live.online,
+        "last_error": live.last_error,
+        "last_sync_at": live.last_sync_at,
+        "worker": live.worker,
+        "progress": null,
+    });
+    if !capture::has_schema(db)? {
+        return Ok(out.to_string());
+    }
+    if let Some(cfg) = &cfg {
+        let (seq, head) = config::head(db, &cfg.group)?;
+        out["url"] = json!(cfg.url);
+        out["group"] = json!(cfg.group);
+        out["head"] = json!({"seq": seq, "head": hex(&head)});
+    }
+    out["pending"] = json!(count(
+        db,
+        "SELECT count(*) FROM pdb_upload_queue WHERE dead IS NULL"
+    )?);
+    out["unsent"] = json!(unsent(db)?);
+    out["uncommitted"] = json!(crate::queue::pending_changeset(db)?.is_some());
+    out["conflicts_open"] = json!(count(
+        db,
+        "SELECT count(*) FROM pdb_conflicts WHERE status = 'open'"
+    )?);
+    let mut dead = Vec::new();
+    let mut stmt = db.prepare(
+        "SELECT id, dead, created_at FROM pdb_upload_queue WHERE dead IS NOT NULL ORDER BY id",
+    )?;
+    stmt.query(&mut |r| {
+        if let (ValueRef::Integer(id), ValueRef::Text(reason), ValueRef::Integer(at)) =
+            (r[0], r[1], r[2])
+        {
+            dead.push(
+                json!({"id": id, "reason": String::from_utf8_lossy(reason), "created_at": at}),
+            );
+        }
+        Ok(())
+    })?;
+    out["dead"] = serde_json::Value::Array(dead);
+    Ok(out.to_string())
+}
+
+/// A stored certificate, rebuilt from `pdb_commits`.
+pub fn certificate<D: Db>(db: &D, seq: i64) -> Result<Option<Certificate>, Error> {
+    let cfg = config::load(db)?;
+    let mut stmt = db.prepare(
+        "SELECT seq, prev, head, state, changeset_hash, idempotency_key, committed_at, signature \
+         FROM pdb_commits WHERE seq = ?1",
+    )?;
+    stmt.bind(1, ValueRef::Integer(seq))?;
+    let mut row: Option<Vec<Value>> = None;
+    stmt.query(&mut |r| {
+        row = Some(r.iter().map(|v| ValueRef::to_owned(*v)).collect());
+        Ok(())
+    })?;
+    let Some(r) = row else { return Ok(None) };
+    let text = |i: usize| match &r[i] {
+        Value::Text(t) => String::from_utf8_lossy(t).into_owned(),
+        _ => String::new(),
+    };
+    let j = json!({
+        "group": cfg.group,
+        "seq": seq,
+        "prev": text(1),
+        "head": text(2),
+        "state": text(3),
+        "changeset_hash": text(4),
+        "idempotency_key": text(5),
+        "committed_at": match r[6] { Value::Integer(t) => t, _ => 0 },
+        "witness_key": hex(&cfg.witness_key),
+        "signature": text(7),
+    });
+    Certificate::from_json(&j)
+        .map(Some)
+        .map_err(|e| Error::Diverged(format!("pdb_commits row {seq} is corrupt: {e}")))
+}
+
+/// `pdb_verify()`: re-checks the stored chain (heads and signatures) and, when nothing
+/// is pending, the tables' state digest against the head's certificate.
+pub fn verify<D: Db>(db: &D) -> Result<String, Error> {
+    let cfg = config::load(db)?;
+    let (head_seq, head) = config::head(db, &cfg.group)?;
+    let mut prev = genesis(&cfg.group);
+    let mut last_state = None;
+    let mut n: u64 = 0;
+    for seq in 1..=head_seq {
+        let c = certificate(db, seq as i64)?.ok_or_else(|| {
+            Error::Diverged(format!("pdb_commits has no certificate for seq {seq}"))
+        })?;
+        let broken = |why: &str| Error::Diverged(format!("stored certificate {seq}: {why}"));
+        if c.prev != prev {
+            return Err(broken("does not follow the one before it"));
+        }
+        if next_head(&c.prev, c.seq, &c.changeset_hash) != c.head {
+            return Err(broken("its head is not BLAKE3(prev, seq, changeset hash)"));
+        }
+        c.verify_signature(&cfg.witness_key)
+            .map_err(|e| broken(&e.to_string()))?;
+        prev = c.head;
+        last_state = Some(c.state);
+        n += 1;
+    }
+    if prev != head {
+        return Err(Error::Diverged(format!(
+            "the applied head {head_seq} is not the last stored certificate's"
+        )));
+    }
+    let pending = count(
+        db,
+        "SELECT count(*) FROM pdb_upload_queue WHERE dead IS NULL",
+    )? > 0
+        || crate::queue::pending_changeset(db)?.is_some();
+    let state = if pending {
+        "skipped: local changes are pending"
+    } else {
+        let tables: Vec<_> = capture::tracked(db)?.into_iter().map(|t| t.info).collect();
+        let digest = crate::history::state_of(db, &tables)?.digest();
+        let expected = last_state.unwrap_or_else(|| crate::state::StateVector::new().digest());
+        if digest != expected {
+            return Err(Error::Diverged(format!(
+                "the tracked tables' state digest {} is not the certified {} of head {head_seq}",
+                hex(&digest),
+                hex(&expected)
+            )));
+        }
+        "ok"
+    };
+    Ok(json!({"ok": true, "commits": n, "head": {"seq": head_seq, "head": hex(&head)}, "state": state}).to_string())
+}

@@ -1,0 +1,541 @@
+//! Integrating certified remote commits under pending local changes (DESIGN §6), in one
+//! transaction per batch:
+//!
+//! 1. **Undo** every pending local step, newest first (the uncommitted edits, then the
+//!    queued commits), keeping for each row a step touched its whole image before (B)
+//!    and after (L) the step. The tables are then exactly at the applied head.
+//! 2. **Apply** the remote commits in order, keeping the state vector current and
+//!    checking it against every certificate. A commit carrying a queued commit's
+//!    idempotency key is that commit, certified: it leaves the queue.
+//! 3. **Redo** the remaining steps, oldest first. A row the remote commits left at B takes
+//!    L; a row already at L needs nothing; any other row (R) is a conflict, settled by the
+//!    table's strategy and recorded in `pdb_conflicts` whenever L does not survive.
+//!    Queued commits are rewritten to what was redone, against the new head, keeping
+//!    their idempotency keys; the uncommitted edits are redone with capture on, so they
+//!    stay uncommitted.
+//!
+//! Capture is muted (`pdb_apply_guard`) for steps 1–3 except the redo of uncommitted
+//! edits, so nothing from the group is ever recorded as a local change.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::apply::{apply_guarded, OnConflict};
+use crate::capture::{self, Tracked};
+use crate::cert::{hex, Certificate, Hash};
+use crate::changeset::{self, TableHeader};
+use crate::db::{transaction, Db, Stmt};
+use crate::rows::{
+    key_bytes, key_columns, key_of, key_to_json, row_to_json, same_row, ChangesetBuilder, Row, Rows,
+};
+use crate::state::StateVector;
+use crate::sync::config::{self, Config};
+use crate::sync::strategy::{self, Strategy};
+use crate::transport::Pulled;
+use crate::value::{decode_field, Value, ValueRef};
+use crate::Error;
+
+/// What one integration did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Integrated {
+    /// Remote commits applied.
+    pub pulled: usize,
+    /// Of those, this device's own queued commits, now certified.
+    pub confirmed: usize,
+    /// Conflicts recorded in `pdb_conflicts`.
+    pub conflicts: usize,
+    /// The applied head afterwards.
+    pub head: (u64, Hash),
+}
+
+/// A queued local commit, as read for a rebase.
+struct Queued {
+    id: i64,
+    changeset: Vec<u8>,
+    key: String,
+    pushed_seq: Option<u64>,
+}
+
+/// One undone local step: a queued commit (`queued` set) or the uncommitted edits.
+struct Step {
+    queued: Option<Queued>,
+    rows: Vec<StepRow>,
+}
+
+/// A row a step touched: its table (index into the tracked tables), key, B and L.
+struct StepRow {
+    table: usize,
+    key: Vec<Value>,
+    base: Option<Row>,
+    local: Option<Row>,
+}
+
+/// Applies `commits` (verified here first) over the pending local changes, rebasing
+/// them. `dead`, if given, is a queued commit the witness refused for good: it is undone
+/// and not redone, and its rows go to `pdb_conflicts` with the reason.
+pub fn integrate<D: Db>(
+    db: &D,
+    cfg: &Config,
+    commits: &[Pulled],
+    dead: Option<(i64, &str)>,
+) -> Result<Integrated, Error> {
+    let trusted = config::head(db, &cfg.group)?;
+    crate::history::verify_chain(
+        &cfg.witness_key,
+        &cfg.group,
+        trusted,
+        commits.iter().map(|p| (&p.cert, p.changeset.as_slice())),
+    )?;
+    transaction(db, "pdb_pull", || {
+        let tables = capture::tracked(db)?;
+        let strategies = strategy::load(db)?;
+        let mut rebase = Rebase {
+            db,
+            tables: &tables,
+            by_name: tables
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.info.name.clone(), i))
+                .collect(),
+            rows: HashMap::new(),
+            strategies,
+            conflicts: 0,
+        };
+        let queue = queued(db)?;
+        let uncommitted = capture::pending(db, &tables)?;
+        db.execute_batch("INSERT OR REPLACE INTO pdb_apply_guard(active) VALUES (1)")?;
+        // Emptied before the undo, so the apply does not carry saved images forward: the
+        // redo captures the uncommitted edits afresh.
+        capture::clear(db, &tables)?;
+
+        let mut steps: Vec<Step> = Vec::new();
+        if !uncommitted.is_empty() {
+            let rows = rebase.undo(&uncommitted, "the uncommitted changes")?;
+            steps.push(Step { queued: None, rows });
+        }
+        for q in queue.into_iter().rev() {
+            let rows = rebase.undo(&q.changeset, &format!("local commit {}", q.id))?;
+            steps.push(Step {
+                queued: Some(q),
+                rows,
+            });
+        }
+        steps.reverse();
+
+        let mut state = config::state(db)?;
+        let (mut seq, mut head) = trusted;
+        let mut confirmed = 0;
+        for p in commits {
+            rebase.apply_remote(p, &mut state)?;
+            let mine = steps.iter().position(|s| {
+                s.queued
+                    .as_ref()
+                    .is_some_and(|q| q.key == p.cert.idempotency_key)
+            });
+            let local_id = mine.map(|i| {
+                let q = steps.remove(i).queued.expect("found by its queue row");
+                q.id
+            });
+            if let Some(id) = local_id {
+                db.execute(
+                    "DELETE FROM pdb_upload_queue WHERE id = ?1",
+                    &[ValueRef::Integer(id)],
+                )?;
+                confirmed += 1;
+            }
+            record_commit(db, &p.cert, local_id)?;
+            (seq, head) = (p.cert.seq, p.cert.head);
+        }
+
+        for step in &mut steps {
+            let is_dead = matches!((&step.queued, dead), (Some(q), Some((id, _))) if q.id == id);
+            if is_dead {
+                let reason = dead.map(|d| d.1).unwrap_or_default();
+                rebase.reject(step, reason, seq)?;
+                continue;
+            }
+            if step.queued.is_none() {
+                // Uncommitted edits are redone as the application's own writes.
+                db.execute_batch("DELETE FROM pdb_apply_guard")?;
+            }
+            let changeset = rebase.redo(step, seq)?;
+            if let Some(q) = &step.queued {
+                requeue(db, q, &changeset, (seq, &head))?;
+            }
+        }
+        db.execute_batch("DELETE FROM pdb_apply_guard")?;
+        config::set_head(db, seq, &head, &state)?;
+        Ok(Integrated {
+            pulled: commits.len(),
+            confirmed,
+            conflicts: rebase.conflicts,
+            head: (seq, head),
+        })
+    })
+}
+
+/// The live queued commits, oldest first.
+fn queued<D: Db>(db: &D) -> Result<Vec<Queued>, Error> {
+    let mut out = Vec::new();
+    let mut stmt = db.prepare(
+        "SELECT id, changeset, idempotency_key, pushed_seq FROM pdb_upload_queue \
+         WHERE dead IS NULL ORDER BY id",
+    )?;
+    stmt.query(&mut |row| {
+        if let (ValueRef::Integer(id), ValueRef::Blob(cs), ValueRef::Text(key)) =
+            (row[0], row[1], row[2])
+        {
+            out.push(Queued {
+                id,
+                changeset: cs.to_vec(),
+                key: String::from_utf8_lossy(key).into_owned(),
+                pushed_seq: match row[3] {
+                    ValueRef::Integer(s) if s > 0 => Some(s as u64),
+                    _ => None,
+                },
+            });
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+fn record_commit<D: Db>(db: &D, c: &Certificate, local_id: Option<i64>) -> Result<(), Error> {
+    use base64::Engine;
+    let sig = base64::engine::general_purpose::STANDARD.encode(c.signature);
+    db.execute(
+        "INSERT INTO pdb_commits(seq, prev, head, state, changeset_hash, idempotency_key, committed_at, signature, local_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        &[
+            ValueRef::Integer(c.seq as i64),
+            ValueRef::Text(hex(&c.prev).as_bytes()),
+            ValueRef::Text(hex(&c.head).as_bytes()),
+            ValueRef::Text(hex(&c.state).as_bytes()),
+            ValueRef::Text(hex(&c.changeset_hash).as_bytes()),
+            ValueRef::Text(c.idempotency_key.as_bytes()),
+            ValueRef::Integer(c.committed_at),
+            ValueRef::Text(sig.as_bytes()),
+            local_id.map_or(ValueRef::Null, ValueRef::Integer),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Rewrites a queued commit to its rebased changeset (or drops it when nothing of it
+/// is left to send). Its idempotency key stays: if the original was certified after
+/// all, the witness answers `idempotency_conflict` instead of applying it twice.
+fn requeue<D: Db>(db: &D, q: &Queued, changeset: &[u8], head: (u64, &Hash)) -> Result<(), Error> {
+    if q.pushed_seq.is_some() {
+        return Ok(());
+    }
+    if changeset.is_empty() {
+        db.execute(
+            "DELETE FROM pdb_upload_queue WHERE id = ?1",
+            &[ValueRef::Integer(q.id)],
+        )?;
+        return Ok(());
+    }
+    let hash = hex(blake3::hash(changeset).as_bytes());
+    db.execute(
+        "UPDATE pdb_upload_queue SET changeset = ?2, hash = ?3, base_seq = ?4, base_head = ?5 WHERE id = ?1",
+        &[
+            ValueRef::Integer(q.id),
+            ValueRef::Blob(changeset),
+            ValueRef::Text(hash.as_bytes()),
+            ValueRef::Integer(head.0 as i64),
+            ValueRef::Text(hex(head.1).as_bytes()),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The state of one integration.
+struct Rebase<'d, 't, D: Db + 'd> {
+    db: &'d D,
+    tables: &'t [Tracked],
+    by_name: HashMap<String, usize>,
+    rows: HashMap<usize, Rows<'d, D>>,
+    strategies: HashMap<String, Strategy>,
+    conflicts: usize,
+}
+
+impl<'d, D: Db + 'd> Rebase<'d, '_, D> {
+    fn rows(&mut self, table: usize) -> &mut Rows<'d, D> {
+        let (db, tables) = (self.db, self.tables);
+        self.rows
+            .entry(table)
+            .or_insert_with(|| Rows::new(db, &tables[table].info))
+    }
+
+    /// The tracked table a changeset header names, checked to have its shape.
+    fn table(&self, header: &TableHeader<'_>, what: &str) -> Result<usize, Error> {
+        let Some(&i) = self.by_name.get(header.name) else {
+            return Err(Error::Schema(format!(
+                "{what} changes table \"{}\", which this device does not track",
+                header.name
+            )));
+        };
+        let info = &self.tables[i].info;
+        if header.pk != info.pk_flags().as_slice() {
+            return Err(Error::Schema(format!(
+                "{what} has {} columns with key flags {:?} for table \"{}\", which here has {} with {:?}",
+                header.n_col(),
+                header.pk,
+                info.name,
+                info.columns.len(),
+                info.pk_flags()
+            )));
+        }
+        Ok(i)
+    }
+
+    /// The distinct rows a changeset names: (table, key as written).
+    fn touched(&self, changeset: &[u8], what: &str) -> Result<Vec<(usize, Vec<Value>)>, Error> {
+        let mut out: BTreeMap<(usize, Vec<u8>), Vec<Value>> = BTreeMap::new();
+        for (header, changes) in changeset::parse(changeset)? {
+            let t = self.table(&header, what)?;
+            let cols = key_columns(&self.tables[t].info);
+            for c in &changes {
+                let key: Option<Vec<Value>> = cols
+                    .iter()
+                    .map(|&i| decode_field(c.key_record()[i]).map(ValueRef::to_owned))
+                    .collect();
+                let key = key.ok_or_else(|| {
+                    Error::Schema(format!(
+                        "{what} has a change to \"{}\" without its key",
+                        header.name
+                    ))
+                })?;
+                out.insert((t, key_bytes(&key)), key);
+            }
+        }
+        Ok(out.into_iter().map(|((t, _), k)| (t, k)).collect())
+    }
+
+    /// Undoes one local step; returns its rows with their images before and after it.
+    fn undo(&mut self, changeset: &[u8], what: &str) -> Result<Vec<StepRow>, Error> {
+        let touched = self.touched(changeset, what)?;
+        let mut rows = Vec::with_capacity(touched.len());
+        for (table, key) in touched {
+            let local = self.rows(table).get(&key)?;
+            rows.push(StepRow {
+                table,
+                key,
+                base: None,
+                local,
+            });
+        }
+        let inverse = changeset::invert(changeset)?;
+        apply_guarded(self.db, &inverse, OnConflict::Abort).map_err(|e| {
+            Error::Diverged(format!(
+                "{what} cannot be taken back to rebase it (the tables no longer hold what it wrote): {e}"
+            ))
+        })?;
+        for r in &mut rows {
+            r.base = self.rows(r.table).get(&r.key)?;
+        }
+        Ok(rows)
+    }
+
+    /// Applies one verified remote commit to the tables (which are at its base) and
+    /// moves the state vector by the rows it touched, as SQLite stored them.
+    fn apply_remote(&mut self, p: &Pulled, state: &mut StateVector) -> Result<(), Error> {
+        let seq = p.cert.seq;
+        let what = format!("commit {seq}");
+        let touched = self.touched(&p.changeset, &what)?;
+        let mut before: BTreeMap<(usize, Vec<u8>), Row> = BTreeMap::new();
+        for (t, key) in &touched {
+            if let Some(row) = self.rows(*t).get(key)? {
+                let stored = key_bytes(&key_of(&self.tables[*t].info, &row));
+                before.insert((*t, stored), row);
+            }
+        }
+        apply_guarded(self.db, &p.changeset, OnConflict::Abort).map_err(|e| {
+            Error::Diverged(format!(
+                "commit {seq} does not apply to this device's copy of head {}: {e}",
+                seq - 1
+            ))
+        })?;
+        let mut after: BTreeMap<(usize, Vec<u8>), Row> = BTreeMap::new();
+        for (t, key) in &touched {
+            if let Some(row) = self.rows(*t).get(key)? {
+                let stored = key_bytes(&key_of(&self.tables[*t].info, &row));
+                after.insert((*t, stored), row);
+            }
+        }
+        for ((t, _), row) in &before {
+            let vals: Vec<ValueRef<'_>> = row.iter().map(Value::as_ref).collect();
+            state.remove_row(&self.tables[*t].info.name, &vals);
+        }
+        for ((t, _), row) in &after {
+            let vals: Vec<ValueRef<'_>> = row.iter().map(Value::as_ref).collect();
+            state.add_row(&self.tables[*t].info.name, &vals);
+        }
+        if state.digest() != p.cert.state {
+            return Err(Error::Diverged(format!(
+                "after commit {seq} this device's tables do not have the state the witness certified \
+                 ({} here, {} certified); nothing was applied",
+                hex(&state.digest()),
+                hex(&p.cert.state)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Redoes one step over the new head; returns the changeset of what it wrote.
+    fn redo(&mut self, step: &Step, head_seq: u64) -> Result<Vec<u8>, Error> {
+        let mut out = ChangesetBuilder::new();
+        // A commit the witness already certified is redone as written: its own
+        // certificate, still to be pulled, will put it in its place.
+        let certified = step.queued.as_ref().is_some_and(|q| q.pushed_seq.is_some());
+        for r in &step.rows {
+            let current = self.rows(r.table).get(&r.key)?;
+            let (keep, conflict) = if certified
+                || same_row(current.as_ref(), r.base.as_ref())
+                || same_row(current.as_ref(), r.local.as_ref())
+            {
+                (r.local.clone(), None)
+            } else {
+                let info = &self.tables[r.table].info;
+                let s = self
+                    .strategies
+                    .get(&info.name)
+                    .cloned()
+                    .unwrap_or(strategy::DEFAULT);
+                let d = strategy::decide(
+                    self.db,
+                    &s,
+                    info,
+                    &r.key,
+                    r.base.as_ref(),
+                    r.local.as_ref(),
+                    current.as_ref(),
+                )?;
+                (d.keep, Some((s, d.open)))
+            };
+            let mut kept = keep;
+            let mut refused = None;
+            if !same_row(current.as_ref(), kept.as_ref()) {
+                let sp = "pdb_redo_row";
+                self.db.execute_batch(&format!("SAVEPOINT {sp}"))?;
+                match self
+                    .rows(r.table)
+                    .put(&r.key, current.as_ref(), kept.as_ref())
+                {
+                    Ok(()) => self.db.execute_batch(&format!("RELEASE {sp}"))?,
+                    // A constraint the new head makes fail (a UNIQUE value taken, ...):
+                    // the group's row stays and the local write is recorded.
+                    Err(Error::Db(e)) if e.primary() == crate::db::SQLITE_CONSTRAINT => {
+                        self.db
+                            .execute_batch(&format!("ROLLBACK TO {sp}; RELEASE {sp}"))?;
+                        refused = Some(e.message);
+                        kept = current.clone();
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            out.add(
+                &self.tables[r.table].info,
+                &r.key,
+                current.as_ref(),
+                kept.as_ref(),
+            );
+            let survived = same_row(kept.as_ref(), r.local.as_ref());
+            if let Some(reason) = refused {
+                self.record(
+                    step,
+                    r,
+                    current.as_ref(),
+                    kept.as_ref(),
+                    "constraint",
+                    "rejected",
+                    Some(&reason),
+                    head_seq,
+                )?;
+            } else if let Some((s, open)) = conflict {
+                if open || !survived {
+                    let status = if open { "open" } else { "resolved" };
+                    self.record(
+                        step,
+                        r,
+                        current.as_ref(),
+                        kept.as_ref(),
+                        s.name(),
+                        status,
+                        None,
+                        head_seq,
+                    )?;
+                }
+            }
+        }
+        Ok(out.finish())
+    }
+
+    /// Records every row of a refused commit as a rejected local write, leaving the rows
+    /// as the group has them.
+    fn reject(&mut self, step: &Step, reason: &str, head_seq: u64) -> Result<(), Error> {
+        for r in &step.rows {
+            let current = self.rows(r.table).get(&r.key)?;
+            self.record(
+                step,
+                r,
+                current.as_ref(),
+                current.as_ref(),
+                "rejected",
+                "rejected",
+                Some(reason),
+                head_seq,
+            )?;
+        }
+        if let Some(q) = &step.queued {
+            self.db.execute(
+                "UPDATE pdb_upload_queue SET dead = ?2 WHERE id = ?1",
+                &[ValueRef::Integer(q.id), ValueRef::Text(reason.as_bytes())],
+            )?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        step: &Step,
+        r: &StepRow,
+        remote: Option<&Row>,
+        outcome: Option<&Row>,
+        strategy: &str,
+        status: &str,
+        reason: Option<&str>,
+        head_seq: u64,
+    ) -> Result<(), Error> {
+        let info = &self.tables[r.table].info;
+        let json = |row: Option<&Row>| row.map(|row| row_to_json(info, Some(row)).to_string());
+        let (base, local, remote, outcome) = (
+            json(r.base.as_ref()),
+            json(r.local.as_ref()),
+            json(remote),
+            json(outcome),
+        );
+        let pk = key_to_json(&r.key).to_string();
+        self.db.execute(
+            "INSERT INTO pdb_conflicts(table_name, pk, base, local, remote, strategy, outcome, status, reason, \
+             local_id, head_seq, created_at, resolved_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, CASE WHEN ?8 = 'resolved' THEN ?12 END)",
+            &[
+                ValueRef::Text(info.name.as_bytes()),
+                ValueRef::Text(pk.as_bytes()),
+                ValueRef::text_or_null(base.as_deref()),
+                ValueRef::text_or_null(local.as_deref()),
+                ValueRef::text_or_null(remote.as_deref()),
+                ValueRef::Text(strategy.as_bytes()),
+                ValueRef::text_or_null(outcome.as_deref()),
+                ValueRef::Text(status.as_bytes()),
+                ValueRef::text_or_null(reason),
+                step.queued.as_ref().map_or(ValueRef::Null, |q| ValueRef::Integer(q.id)),
+                ValueRef::Integer(head_seq as i64),
+                ValueRef::Integer(capture::now_ms()),
+            ],
+        )?;
+        self.conflicts += 1;
+        Ok(())
+    }
+}
