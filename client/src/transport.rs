@@ -77,6 +77,9 @@ pub struct Submission<'a> {
     pub client: Option<&'a str>,
     /// Application metadata (JSON).
     pub meta: Option<&'a str>,
+    /// Accept only on the current head (`fast-forward`), instead of the witness's
+    /// default `rebase-if-clean`.
+    pub fast_forward: bool,
 }
 
 /// A certified commit as pulled.
@@ -205,6 +208,9 @@ impl Remote {
         }
         if let Some(m) = s.meta {
             req = req.header("Pdb-Meta", m);
+        }
+        if s.fast_forward {
+            req = req.header("Pdb-Policy", "fast-forward");
         }
         let (_, answer) = Self::answer(req.send(s.changeset))?;
         match answer {

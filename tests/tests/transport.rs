@@ -40,6 +40,7 @@ fn push_pull_and_every_kind_of_answer() {
         schema_hash: info.schema_hash,
         client: Some("0123456789abcdef0123456789abcdef"),
         meta: Some(r#"{"device":"a"}"#),
+        fast_forward: false,
     };
     let (cert, duplicate) = remote.push(&sub).unwrap().unwrap();
     assert!(!duplicate);

@@ -154,6 +154,21 @@ fn next_outgoing<D: Db>(db: &D) -> Result<Option<Outgoing>, Error> {
     Ok(out)
 }
 
+/// Whether a commit must only be accepted on the current head. The witness's
+/// `rebase-if-clean` merges updates of different columns of a row by itself, which is
+/// column-merge's answer; a table with any other strategy must see every concurrent
+/// change in its own rebase, so its commits go `fast-forward`.
+fn needs_fast_forward(
+    changeset: &[u8],
+    strategies: &std::collections::HashMap<String, strategy::Strategy>,
+) -> Result<bool, Error> {
+    Ok(crate::changeset::parse(changeset)?.iter().any(|(h, _)| {
+        strategies
+            .get(h.name)
+            .is_some_and(|s| *s != strategy::DEFAULT)
+    }))
+}
+
 /// What a push did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pushed {
@@ -171,6 +186,7 @@ pub struct Pushed {
 pub fn push<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<Pushed, Error> {
     let mut done = Pushed::default();
     let client = config::client_id(db)?;
+    let strategies = strategy::load(db)?;
     while let Some(c) = next_outgoing(db)? {
         let base_head = match &c.base_head {
             Some(h) => parse_hash(h).ok_or_else(|| {
@@ -188,6 +204,7 @@ pub fn push<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<Pushed, Erro
             schema_hash: schema,
             client: client.as_deref(),
             meta: c.meta.as_deref(),
+            fast_forward: needs_fast_forward(&c.changeset, &strategies)?,
         })?;
         match answer {
             Ok((cert, _duplicate)) => {

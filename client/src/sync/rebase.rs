@@ -173,6 +173,22 @@ pub fn integrate<D: Db>(
     })
 }
 
+/// Whether the local write B → L survives in `kept`: the row is there if and only if L
+/// has it, and every column the write changed (all of them for an insert, against an
+/// all-NULL B as column-merge reads it) has L's value.
+fn survived(base: Option<&Row>, local: Option<&Row>, kept: Option<&Row>) -> bool {
+    match (local, kept) {
+        (None, None) => true,
+        (Some(l), Some(k)) => (0..l.len()).all(|i| {
+            let changed = base.map_or(!matches!(l[i], Value::Null), |b| {
+                !b[i].as_ref().same(l[i].as_ref())
+            });
+            !changed || k[i].as_ref().same(l[i].as_ref())
+        }),
+        _ => false,
+    }
+}
+
 /// The live queued commits, oldest first.
 fn queued<D: Db>(db: &D) -> Result<Vec<Queued>, Error> {
     let mut out = Vec::new();
@@ -439,7 +455,7 @@ impl<'d, D: Db + 'd> Rebase<'d, '_, D> {
                 current.as_ref(),
                 kept.as_ref(),
             );
-            let survived = same_row(kept.as_ref(), r.local.as_ref());
+            let survived = survived(r.base.as_ref(), r.local.as_ref(), kept.as_ref());
             if let Some(reason) = refused {
                 self.record(
                     step,
