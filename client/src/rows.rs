@@ -336,11 +336,14 @@ impl<'d, D: Db + 'd> Rows<'d, D> {
     }
 }
 
+/// One table's part of a [`ChangesetBuilder`]: its PK flags and encoded changes by key.
+type TableChanges = (Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>);
+
 /// Collects row changes of several tables and writes them as one canonical changeset
 /// (tables in name order, changes in key order; DESIGN §3).
 #[derive(Default)]
 pub struct ChangesetBuilder {
-    tables: BTreeMap<String, (Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>)>,
+    tables: BTreeMap<String, TableChanges>,
 }
 
 impl ChangesetBuilder {

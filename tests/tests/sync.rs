@@ -284,3 +284,337 @@ fn every_strategy_on_every_classic_case() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn manual_conflicts_wait_for_pdb_resolve() {
+    let dir = scratch("manual");
+    let w = witness(&dir);
+    let a = Device::on(&w, &dir, "a", DDL, &["notes"], "g");
+    let b = Device::on(&w, &dir, "b", DDL, &["notes"], "g");
+    a.sql("INSERT INTO notes VALUES (1, 'x', 'y'), (2, 'p', 'q')");
+    a.commit();
+    a.sync();
+    b.sync();
+    b.value("SELECT pdb_set_strategy('notes', 'manual')");
+    a.sql("UPDATE notes SET a = 'R' WHERE id = 1; UPDATE notes SET a = 'R2' WHERE id = 2");
+    a.commit();
+    a.sync();
+    b.sql("UPDATE notes SET a = 'L' WHERE id = 1; UPDATE notes SET b = 'L2' WHERE id = 2");
+    b.commit();
+    b.sync();
+    let open: Vec<_> = b
+        .conflicts()
+        .into_iter()
+        .filter(|c| c["status"] == "open")
+        .collect();
+    assert_eq!(open.len(), 2, "{open:?}");
+    assert_eq!(b.status()["conflicts_open"], 2);
+    assert_eq!(open[0]["local"], json!({"id": 1, "a": "L", "b": "y"}));
+    assert_eq!(open[0]["remote"], json!({"id": 1, "a": "R", "b": "y"}));
+    assert_eq!(open[0]["base"], json!({"id": 1, "a": "x", "b": "y"}));
+    // Until resolved, the group's version is what everyone sees.
+    assert_eq!(b.dump("notes"), a.dump("notes"));
+
+    let (id1, id2) = (
+        open[0]["id"].as_i64().unwrap(),
+        open[1]["id"].as_i64().unwrap(),
+    );
+    assert_eq!(
+        b.json(&format!("SELECT pdb_resolve({id1}, 'local')")),
+        json!({"id": 1, "a": "L", "b": "y"})
+    );
+    assert_eq!(
+        b.json(&format!(
+            r#"SELECT pdb_resolve({id2}, '{{"a": "both", "b": "L2"}}')"#
+        )),
+        json!({"id": 2, "a": "both", "b": "L2"})
+    );
+    let err = b
+        .try_json(&format!(r#"SELECT pdb_resolve({id2}, '{{"id": 3}}')"#))
+        .unwrap_err();
+    assert!(err.contains("primary key"), "{err}");
+    let err = b.try_json("SELECT pdb_resolve(999, 'local')").unwrap_err();
+    assert!(err.contains("no conflict with id 999"), "{err}");
+    assert_eq!(b.status()["conflicts_open"], 0);
+    // The resolution is an ordinary local write: committed, pushed, pulled.
+    b.commit().unwrap();
+    b.sync();
+    a.sync();
+    assert_eq!(
+        a.rows("SELECT id, a, b FROM notes ORDER BY id"),
+        vec![row(1, "L", Some("y")), row(2, "both", Some("L2"))]
+    );
+    assert_eq!(a.dump("notes"), b.dump("notes"));
+}
+
+#[test]
+fn a_chain_of_local_commits_rebases_over_remote_commits() {
+    for (strategy, want, conflicts, head) in [
+        (
+            "column-merge",
+            vec![
+                row(1, "l2", Some("r1")),
+                row(2, "l3", Some("q")),
+                row(10, "l1", Some("l3")),
+                row(11, "r2", None),
+            ],
+            0,
+            6,
+        ),
+        (
+            "remote-wins",
+            vec![
+                row(1, "x", Some("r1")),
+                row(2, "r2", Some("q")),
+                row(10, "l1", Some("l3")),
+                row(11, "r2", None),
+            ],
+            2,
+            // The second local commit lost its only change and was dropped.
+            5,
+        ),
+    ] {
+        let dir = scratch(&format!("chain-{strategy}"));
+        let w = witness(&dir);
+        let a = Device::on(&w, &dir, "a", DDL, &["notes"], "g");
+        let b = Device::on(&w, &dir, "b", DDL, &["notes"], "g");
+        a.sql("INSERT INTO notes VALUES (1, 'x', 'y'), (2, 'p', 'q')");
+        a.commit();
+        a.sync();
+        b.sync();
+        b.value(&format!("SELECT pdb_set_strategy('notes', '{strategy}')"));
+        a.sql("UPDATE notes SET b = 'r1' WHERE id = 1");
+        a.commit();
+        a.sql("INSERT INTO notes VALUES (11, 'r2', NULL); UPDATE notes SET a = 'r2' WHERE id = 2");
+        a.commit();
+        a.sync();
+        b.sql("INSERT INTO notes VALUES (10, 'l1', NULL)");
+        b.commit();
+        b.sql("UPDATE notes SET a = 'l2' WHERE id = 1");
+        b.commit();
+        b.sql("UPDATE notes SET b = 'l3' WHERE id = 10; UPDATE notes SET a = 'l3' WHERE id = 2");
+        b.commit();
+        // Edits not yet committed ride along and stay uncommitted.
+        b.sql("INSERT INTO notes VALUES (12, 'uncommitted', NULL)");
+        let s = b.sync();
+        assert_eq!(s["head"]["seq"], head, "{strategy}: {s}");
+        assert_eq!(
+            b.conflicts().len(),
+            conflicts,
+            "{strategy}: {:?}",
+            b.conflicts()
+        );
+        let mut want_b = want.clone();
+        want_b.push(row(12, "uncommitted", None));
+        assert_eq!(
+            b.rows("SELECT id, a, b FROM notes ORDER BY id"),
+            want_b,
+            "{strategy}"
+        );
+        assert_eq!(b.status()["pending"], 0);
+        let pending = b.rows("SELECT tbl, op, pk FROM pdb_changeset_rows(pdb_changeset())");
+        assert_eq!(
+            pending,
+            vec![vec![text("notes"), text("INSERT"), text("[12]")]],
+            "{strategy}"
+        );
+        a.sync();
+        assert_eq!(
+            a.rows("SELECT id, a, b FROM notes ORDER BY id"),
+            want,
+            "{strategy}"
+        );
+        assert_eq!(a.json("SELECT pdb_verify()")["state"], "ok");
+        assert_eq!(
+            b.json("SELECT pdb_verify()")["state"],
+            "skipped: local changes are pending"
+        );
+    }
+}
+
+/// `changeset` as a queue row's new content (a test forging what the witness will see).
+fn replace_queued(d: &Device, id: i64, changeset: &[u8]) {
+    d.conn
+        .execute(
+            "UPDATE pdb_upload_queue SET changeset = ?2, hash = ?3 WHERE id = ?1",
+            (
+                id,
+                changeset,
+                pdb_client::cert::hex(blake3::hash(changeset).as_bytes()),
+            ),
+        )
+        .unwrap();
+}
+
+#[test]
+fn commits_the_witness_refuses_are_dead_lettered_never_dropped() {
+    let dir = scratch("dead");
+    let w = WitnessProc::start_with(&dir.join("witness"), &["--max-body", "4096"], &[]);
+    assert_eq!(w.admin_client().create_group("g", DDL).status, 201);
+    let a = Device::on(&w, &dir, "a", DDL, &["notes"], "g");
+    let b = Device::on(&w, &dir, "b", DDL, &["notes"], "g");
+
+    a.sql("INSERT INTO notes VALUES (1, 'small', NULL)");
+    let first = a.commit().unwrap();
+    a.sql("INSERT INTO notes VALUES (7, 'x', NULL)");
+    let invalid = a.commit().unwrap();
+    // The witness takes only integer rowid keys: the same insert with key '7' as TEXT.
+    // (Sent before anything is rebased: a rebase rewrites commits from the rows.)
+    let mut forged = vec![b'T', 3, 1, 0, 0];
+    forged.extend_from_slice(b"notes\0");
+    forged.extend_from_slice(&[18, 0, 3, 1, b'7', 3, 1, b'x', 5]);
+    replace_queued(&a, invalid, &forged);
+    let big = "x".repeat(10_000);
+    a.sql(&format!("INSERT INTO notes VALUES (2, '{big}', NULL)"));
+    let too_large = a.commit().unwrap();
+    a.sql("INSERT INTO notes VALUES (3, 'after', NULL)");
+    a.commit().unwrap();
+
+    let s = a.sync();
+    assert_eq!(
+        (s["pushed"].as_u64(), s["dead"].as_u64()),
+        (Some(2), Some(2)),
+        "{s}"
+    );
+    let st = a.status();
+    let dead = st["dead"].as_array().unwrap();
+    assert_eq!(dead.len(), 2, "{st}");
+    assert_eq!(dead[0]["id"].as_i64(), Some(invalid));
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("422 invalid_changeset"),
+        "{st}"
+    );
+    assert_eq!(dead[1]["id"].as_i64(), Some(too_large));
+    assert!(
+        dead[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("413 too_large"),
+        "{st}"
+    );
+    assert_eq!(st["pending"], 0);
+    // Their rows are taken back, so the device matches the group, and each write is in
+    // pdb_conflicts with the witness's reason.
+    assert_eq!(
+        a.rows("SELECT id FROM notes ORDER BY id"),
+        vec![vec![Value::Integer(1)], vec![Value::Integer(3)]]
+    );
+    let c = a.conflicts();
+    assert_eq!(c.len(), 2, "{c:?}");
+    assert_eq!(c[0]["pk"], json!([7]));
+    assert_eq!(
+        (c[1]["status"].as_str(), c[1]["local_id"].as_i64()),
+        (Some("rejected"), Some(too_large))
+    );
+    assert_eq!(c[1]["local"]["a"].as_str().map(str::len), Some(10_000));
+    assert_eq!(c[1]["outcome"], serde_json::Value::Null);
+    b.sync();
+    assert_eq!(a.dump("notes"), b.dump("notes"));
+    assert_eq!(a.json("SELECT pdb_verify()")["state"], "ok");
+    assert_eq!(
+        a.value(&format!(
+            "SELECT count(*) FROM pdb_commits WHERE local_id = {first}"
+        )),
+        Value::Integer(1)
+    );
+}
+
+#[test]
+fn refusals_stop_sync_with_the_queue_intact_and_bad_history_changes_nothing() {
+    let dir = scratch("refusals");
+    let w = witness(&dir);
+    let other = {
+        let w2 = WitnessProc::start(&dir.join("impostor"));
+        w2.key
+    };
+    let a = Device::on(&w, &dir, "a", DDL, &["notes"], "g");
+    a.sql("INSERT INTO notes VALUES (1, 'one', NULL)");
+    a.commit();
+    a.sync();
+
+    let queued = |d: &Device| {
+        d.rows("SELECT id, changeset, idempotency_key FROM pdb_upload_queue ORDER BY id")
+    };
+    let setup = |name: &str, token: &str, key: &[u8; 32], ddl: &str| {
+        let d = Device::new(&dir, name, ddl, &["notes"], &w.url, "g", token, key);
+        d.sql("INSERT INTO notes(id, a) VALUES (100, 'mine')");
+        d.commit().unwrap();
+        d
+    };
+    let cases: Vec<(Device, &str)> = vec![
+        (setup("forged", "not.a.token", &w.key, DDL), "401"),
+        (
+            setup("reader", &w.token("x", "g", "read", 600), &w.key, DDL),
+            "403",
+        ),
+        (
+            setup(
+                "stranger",
+                &w.token("x", "other", "write", 600),
+                &w.key,
+                DDL,
+            ),
+            "403",
+        ),
+        (
+            setup(
+                "schema",
+                &w.token("x", "g", "write", 600),
+                &w.key,
+                "CREATE TABLE notes(id INTEGER PRIMARY KEY, a TEXT, b TEXT, c INT)",
+            ),
+            "schema_mismatch",
+        ),
+        (
+            setup("pinned", &w.token("x", "g", "write", 600), &other, DDL),
+            "signs with key",
+        ),
+    ];
+    for (d, want) in &cases {
+        let before = queued(d);
+        let rows = d.dump("notes");
+        let err = d.try_json("SELECT pdb_sync()").expect_err(want);
+        assert!(err.contains(want), "{want}: {err}");
+        assert_eq!(queued(d), before, "{want}: the queue is kept as it was");
+        assert_eq!(d.dump("notes"), rows, "{want}: nothing applied");
+        let st = d.status();
+        assert!(st["last_error"].as_str().unwrap().contains(want), "{st}");
+        assert_eq!(st["online"], true, "{st}");
+        assert_eq!(d.json("SELECT pdb_head()")["seq"], 0);
+    }
+
+    // A witness that is not there: the status says offline, the queue waits.
+    let gone = Device::new(
+        &dir,
+        "gone",
+        DDL,
+        &["notes"],
+        "http://127.0.0.1:9",
+        "g",
+        "t",
+        &w.key,
+    );
+    gone.sql("INSERT INTO notes VALUES (5, 'five', NULL)");
+    gone.commit();
+    let err = gone.try_json("SELECT pdb_sync()").unwrap_err();
+    assert!(err.contains("unreachable"), "{err}");
+    let st = gone.status();
+    assert_eq!(
+        (st["online"].as_bool(), st["pending"].as_i64()),
+        (Some(false), Some(1)),
+        "{st}"
+    );
+    assert!(gone
+        .try_json("SELECT pdb_open('ftp://x', 'g', 't', 'aa')")
+        .unwrap_err()
+        .contains("http://"));
+    let unopened = Device::new(&dir, "unopened", DDL, &["notes"], &w.url, "g", "t", &w.key);
+    unopened.sql("DELETE FROM pdb_local WHERE key = 'url'");
+    assert!(unopened
+        .try_json("SELECT pdb_sync()")
+        .unwrap_err()
+        .contains("pdb_open"));
+}

@@ -348,6 +348,10 @@ impl<'d, D: Db + 'd> Rebase<'d, '_, D> {
         })?;
         for r in &mut rows {
             r.base = self.rows(r.table).get(&r.key)?;
+            // Name the row by its key as stored, however the changeset spelled it.
+            if let Some(row) = r.local.as_ref().or(r.base.as_ref()) {
+                r.key = key_of(&self.tables[r.table].info, row);
+            }
         }
         Ok(rows)
     }
