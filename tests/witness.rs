@@ -39,8 +39,19 @@ impl WitnessProc {
     /// Starts a witness with extra `serve` arguments and environment variables, and
     /// waits until it listens.
     pub fn start_with(data: &Path, args: &[&str], envs: &[(&str, &str)]) -> WitnessProc {
+        Self::start_at(data, "127.0.0.1:0", args, envs)
+    }
+
+    /// Starts a witness listening on `listen` (a restart on the same address, so that
+    /// devices find it where they left it).
+    pub fn start_at(
+        data: &Path,
+        listen: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> WitnessProc {
         let mut cmd = Command::new(witness_bin());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        cmd.args(["serve", "--listen", listen, "--data"])
             .arg(data)
             .args(args)
             .env("PDB_LOG", "warn")

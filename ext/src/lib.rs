@@ -19,9 +19,9 @@ mod ffi;
 use pdb_client::apply::{self, OnConflict};
 use pdb_client::changeset::{self, ChangeJson};
 use pdb_client::sync::{self, config, strategy::Strategy};
-use pdb_client::{capture, queue, Error, ValueRef};
+use pdb_client::{capture, queue, Db, Error, ValueRef};
 
-pub use ffi::Conn;
+pub use ffi::{Conn, OwnedConn};
 
 /// Oldest SQLite the extension accepts (3.37.0: STRICT tables; every API entry used).
 pub const MIN_SQLITE_VERSION: i32 = 3_037_000;
@@ -179,6 +179,24 @@ pub static FUNCTIONS: &[Function] = &[
         deterministic: false,
         run: resolve,
     },
+    Function {
+        name: "pdb_sync_start",
+        n_arg: 0,
+        deterministic: false,
+        run: sync_start,
+    },
+    Function {
+        name: "pdb_sync_start",
+        n_arg: 1,
+        deterministic: false,
+        run: sync_start,
+    },
+    Function {
+        name: "pdb_sync_stop",
+        n_arg: 0,
+        deterministic: false,
+        run: sync_stop,
+    },
 ];
 
 fn text_arg<'a>(args: &[ValueRef<'a>], i: usize, what: &str) -> Result<&'a str, Error> {
@@ -228,7 +246,11 @@ fn commit(db: &Conn, args: &[ValueRef<'_>]) -> Result<Output, Error> {
         None | Some(ValueRef::Null) => None,
         Some(_) => Some(text_arg(args, 0, "meta_json")?),
     };
-    Ok(queue::commit(db, meta)?.map_or(Output::Null, Output::Integer))
+    let id = queue::commit(db, meta)?;
+    if id.is_some() {
+        sync::worker::notify(&sync::status::db_path(db)?);
+    }
+    Ok(id.map_or(Output::Null, Output::Integer))
 }
 
 fn apply_changeset(db: &Conn, args: &[ValueRef<'_>]) -> Result<Output, Error> {
@@ -268,6 +290,40 @@ fn open(db: &Conn, args: &[ValueRef<'_>]) -> Result<Output, Error> {
     let key = text_arg(args, 3, "witness_key")?;
     config::open(db, url, group, token, key)?;
     Ok(Output::Text(group.to_string()))
+}
+
+fn sync_start(db: &Conn, args: &[ValueRef<'_>]) -> Result<Output, Error> {
+    let options = match args.first() {
+        None | Some(ValueRef::Null) => None,
+        Some(_) => Some(text_arg(args, 0, "options_json")?),
+    };
+    let options = sync::worker::Options::from_json(options)?;
+    config::load(db)?;
+    if !ffi::threadsafe() {
+        return Err(Error::Argument(
+            "this SQLite is built without thread support (SQLITE_THREADSAFE=0), so no worker \
+             thread can use it: call pdb_sync() instead"
+                .into(),
+        ));
+    }
+    // WAL, so that the application's reads never wait for the worker's writes.
+    let mode = db.query_value("PRAGMA journal_mode", &[])?;
+    if !matches!(&mode, Some(pdb_client::Value::Text(m)) if m.eq_ignore_ascii_case(b"wal")) {
+        db.execute_batch("PRAGMA journal_mode = WAL")?;
+    }
+    let path = sync::status::db_path(db)?;
+    let p = path.clone();
+    let started = sync::worker::start(&path, options, move || OwnedConn::open(&p))?;
+    Ok(Output::Text(
+        if started { "started" } else { "running" }.into(),
+    ))
+}
+
+fn sync_stop(db: &Conn, _: &[ValueRef<'_>]) -> Result<Output, Error> {
+    let stopped = sync::worker::stop(&sync::status::db_path(db)?);
+    Ok(Output::Text(
+        if stopped { "stopped" } else { "not running" }.into(),
+    ))
 }
 
 fn sync_once(db: &Conn, _: &[ValueRef<'_>]) -> Result<Output, Error> {

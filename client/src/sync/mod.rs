@@ -6,12 +6,14 @@
 //! - [`strategy`]: how conflicting rows are settled.
 //! - [`resolve`]: `pdb_resolve` for conflicts left to the application.
 //! - [`status`]: the in-memory part of `pdb_status()`.
+//! - [`worker`]: the background worker of `pdb_sync_start()`.
 
 pub mod config;
 pub mod rebase;
 pub mod resolve;
 pub mod status;
 pub mod strategy;
+pub mod worker;
 
 use std::time::Duration;
 

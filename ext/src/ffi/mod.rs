@@ -279,6 +279,71 @@ impl Conn {
     }
 }
 
+/// Whether the host's SQLite lets connections be used from other threads.
+pub fn threadsafe() -> bool {
+    call!(xthreadsafe()) != 0
+}
+
+/// A connection the extension opened itself, with the host's SQLite (the sync worker's:
+/// a second copy of SQLite in one process would break its file locks). Closed on drop.
+pub struct OwnedConn {
+    conn: Conn,
+}
+
+impl OwnedConn {
+    /// Opens the database file `path` for reading and writing.
+    pub fn open(path: &str) -> Result<OwnedConn, Error> {
+        let c =
+            CString::new(path).map_err(|_| Error::Argument("database path contains NUL".into()))?;
+        let mut db = ptr::null_mut();
+        let rc = call!(open_v2(
+            c.as_ptr(),
+            &mut db,
+            SQLITE_OPEN_READWRITE,
+            ptr::null()
+        ));
+        let conn = OwnedConn { conn: Conn { db } };
+        if rc != SQLITE_OK {
+            return Err(Error::Db(if db.is_null() {
+                DbError {
+                    code: rc,
+                    message: format!("cannot open {path}"),
+                }
+            } else {
+                conn.conn.error(None)
+            }));
+        }
+        // The application's connection writes too; wait for it rather than fail.
+        call!(busy_timeout(db, 10_000));
+        Ok(conn)
+    }
+}
+
+impl Db for OwnedConn {
+    type Stmt<'c> = RawStmt<'c>;
+
+    fn prepare(&self, sql: &str) -> Result<RawStmt<'_>, DbError> {
+        self.conn.prepare(sql)
+    }
+
+    fn execute_batch(&self, sql: &str) -> Result<(), DbError> {
+        self.conn.execute_batch(sql)
+    }
+
+    fn is_autocommit(&self) -> bool {
+        self.conn.is_autocommit()
+    }
+}
+
+impl Drop for OwnedConn {
+    fn drop(&mut self) {
+        if !self.conn.db.is_null() {
+            // close_v2 defers the close until statements still open are finalized.
+            call!(close_v2(self.conn.db));
+        }
+    }
+}
+
 /// A statement prepared on the host connection; finalized on drop.
 pub struct RawStmt<'c> {
     stmt: *mut sqlite3_stmt,

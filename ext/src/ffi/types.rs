@@ -147,6 +147,7 @@ pub const SQLITE_TEXT: c_int = 3;
 pub const SQLITE_BLOB: c_int = 4;
 
 pub const SQLITE_UTF8: c_int = 1;
+pub const SQLITE_OPEN_READWRITE: c_int = 0x2;
 pub const SQLITE_DETERMINISTIC: c_int = 0x800;
 pub const SQLITE_DIRECTONLY: c_int = 0x80000;
 pub const SQLITE_INDEX_CONSTRAINT_EQ: c_uchar = 2;

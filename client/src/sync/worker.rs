@@ -1,0 +1,315 @@
+//! The background worker of `pdb_sync_start()` (DESIGN §6): a thread with its own
+//! connection that syncs whenever there is something to do, and sleeps otherwise.
+//!
+//! Two threads per database file:
+//! - the **worker** runs [`super::sync`] on its connection, then waits on a condition
+//!   variable until it is woken (a local commit, new remote commits, a stop) or a
+//!   timeout passes: the poll interval when all went well (which catches commits made
+//!   by other processes), a backoff that doubles with jitter while the witness cannot
+//!   be reached or refuses;
+//! - the **watcher** long-polls the witness for commits after the applied head and
+//!   wakes the worker when some arrive. It holds no database connection; on
+//!   `pdb_sync_stop()` it ends when its current long-poll returns.
+//!
+//! Neither thread loops without blocking. The worker finishes the sync it is in before
+//! stopping, so a stop never leaves a transaction half done; if the process exits
+//! first, SQLite rolls back whatever transaction was open.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::db::Db;
+use crate::sync::{config, remote, status};
+use crate::Error;
+
+/// Settings of a worker (`pdb_sync_start(options_json)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// How long one long-poll for new remote commits waits.
+    pub wait: Duration,
+    /// How often an idle worker checks for commits made by other processes.
+    pub poll: Duration,
+    /// First delay after a failed sync.
+    pub min_backoff: Duration,
+    /// Longest delay between attempts while failing.
+    pub max_backoff: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            wait: Duration::from_secs(20),
+            poll: Duration::from_secs(2),
+            min_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Options {
+    /// Reads `{"wait_ms":…, "poll_ms":…, "min_backoff_ms":…, "max_backoff_ms":…}`; every
+    /// key is optional, unknown keys are refused.
+    pub fn from_json(json: Option<&str>) -> Result<Options, Error> {
+        let mut o = Options::default();
+        let Some(json) = json else { return Ok(o) };
+        let bad = |why: String| Error::Argument(format!("argument 1 (options_json): {why}"));
+        let v: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| bad("must be a JSON object".into()))?;
+        for (k, v) in obj {
+            let ms = v
+                .as_u64()
+                .filter(|&ms| ms > 0 && ms <= 3_600_000)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "\"{k}\" must be a number of milliseconds from 1 to 3600000"
+                    ))
+                })?;
+            let d = Duration::from_millis(ms);
+            match k.as_str() {
+                "wait_ms" => o.wait = d,
+                "poll_ms" => o.poll = d,
+                "min_backoff_ms" => o.min_backoff = d,
+                "max_backoff_ms" => o.max_backoff = d,
+                _ => return Err(bad(format!(
+                    "unknown key \"{k}\" (known: wait_ms, poll_ms, min_backoff_ms, max_backoff_ms)"
+                ))),
+            }
+        }
+        if o.min_backoff > o.max_backoff {
+            return Err(bad("min_backoff_ms is larger than max_backoff_ms".into()));
+        }
+        Ok(o)
+    }
+}
+
+/// What wakes a sleeping worker.
+#[derive(Default)]
+struct Signal {
+    state: Mutex<Flags>,
+    cond: Condvar,
+}
+
+#[derive(Default)]
+struct Flags {
+    wake: bool,
+    stop: bool,
+}
+
+impl Signal {
+    fn set(&self, f: impl FnOnce(&mut Flags)) {
+        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
+        self.cond.notify_all();
+    }
+
+    fn stopped(&self) -> bool {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).stop
+    }
+
+    /// Waits up to `timeout` for a stop, or also for a wake (which it consumes) when
+    /// `wake_too`.
+    fn wait(&self, timeout: Duration, wake_too: bool) -> Woke {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if s.stop {
+                return Woke::Stop;
+            }
+            if wake_too && s.wake {
+                s.wake = false;
+                return Woke::Wake;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Woke::Timeout;
+            }
+            s = self
+                .cond
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Why [`Signal::wait`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Woke {
+    Stop,
+    Wake,
+    Timeout,
+}
+
+/// A running worker.
+struct Running {
+    signal: Arc<Signal>,
+    thread: JoinHandle<()>,
+}
+
+fn workers() -> &'static Mutex<HashMap<String, Running>> {
+    static W: OnceLock<Mutex<HashMap<String, Running>>> = OnceLock::new();
+    W.get_or_init(Default::default)
+}
+
+/// Starts a worker for the database file `path`, whose connection `open` makes on the
+/// worker's thread. Returns false when one already runs for that file.
+pub fn start<C, F>(path: &str, options: Options, open: F) -> Result<bool, Error>
+where
+    C: Db,
+    F: FnOnce() -> Result<C, Error> + Send + 'static,
+{
+    if path.is_empty() {
+        return Err(Error::Argument(
+            "pdb_sync_start() needs a database file: the worker opens its own connection to it"
+                .into(),
+        ));
+    }
+    let mut all = workers().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = all.get(path) {
+        if !r.thread.is_finished() {
+            return Ok(false);
+        }
+    }
+    let signal = Arc::new(Signal::default());
+    let (sig, p) = (signal.clone(), path.to_string());
+    let thread = std::thread::Builder::new()
+        .name("pdb-sync".into())
+        .spawn(move || {
+            status::update(&p, |s| s.worker = true);
+            let outcome = open().and_then(|conn| {
+                run(&conn, &sig, options);
+                Ok(())
+            });
+            status::update(&p, |s| {
+                s.worker = false;
+                if let Err(e) = outcome {
+                    s.last_error =
+                        Some(format!("the sync worker could not open the database: {e}"));
+                }
+            });
+        })
+        .map_err(|e| Error::Argument(format!("cannot start the sync worker thread: {e}")))?;
+    all.insert(path.to_string(), Running { signal, thread });
+    Ok(true)
+}
+
+/// Stops the worker of `path` and waits for it to finish its current sync. Returns
+/// false when none was running.
+pub fn stop(path: &str) -> bool {
+    let running = workers()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(path);
+    let Some(r) = running else { return false };
+    r.signal.set(|f| f.stop = true);
+    let _ = r.thread.join();
+    true
+}
+
+/// Wakes the worker of `path`, if any (after a local commit).
+pub fn notify(path: &str) {
+    if let Some(r) = workers()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(path)
+    {
+        r.signal.set(|f| f.wake = true);
+    }
+}
+
+/// A pseudo-random factor in [0.5, 1.5) for backoff jitter, without a dependency: the
+/// low bits of the clock are noise enough to keep devices from retrying in lockstep.
+fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mixed = (u64::from(nanos)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+    0.5 + (mixed as f64) / ((1u64 << 24) as f64)
+}
+
+/// How long an idle worker sleeps when nothing wakes it: a heartbeat sync.
+const HEARTBEAT: Duration = Duration::from_secs(300);
+
+fn run<C: Db>(conn: &C, signal: &Arc<Signal>, o: Options) {
+    let head = Arc::new(AtomicU64::new(0));
+    let mut watcher: Option<JoinHandle<()>> = None;
+    let mut backoff = o.min_backoff;
+    loop {
+        let result = super::sync(conn);
+        let delay = match &result {
+            Ok(sum) => {
+                head.store(sum.head.0, Ordering::Release);
+                backoff = o.min_backoff;
+                HEARTBEAT
+            }
+            Err(_) => {
+                let d = backoff.mul_f64(jitter());
+                backoff = (backoff * 2).min(o.max_backoff);
+                d
+            }
+        };
+        // The watcher needs the stored target, which may appear only after pdb_open.
+        if watcher.as_ref().is_none_or(|w| w.is_finished()) {
+            if let Ok(cfg) = config::load(conn) {
+                let (sig, h) = (signal.clone(), head.clone());
+                watcher = std::thread::Builder::new()
+                    .name("pdb-watch".into())
+                    .spawn(move || watch(&cfg, &sig, &h, o))
+                    .ok();
+            }
+        }
+        // While failing, only a stop cuts the backoff short: an application committing
+        // in a loop must not turn an offline worker into a retry loop. While healthy,
+        // a wake ends the sleep, and every `poll` the queue is checked for commits made
+        // by other processes, which cannot wake this thread.
+        let healthy = result.is_ok();
+        let deadline = Instant::now() + delay;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match signal.wait(left.min(o.poll), healthy) {
+                Woke::Stop => return,
+                Woke::Wake => break,
+                Woke::Timeout if healthy && has_unsent(conn) => break,
+                Woke::Timeout => {}
+            }
+        }
+    }
+}
+
+/// Whether local commits wait to be sent (cheap: one indexed count).
+fn has_unsent<C: Db>(conn: &C) -> bool {
+    super::unsent(conn).is_ok_and(|n| n > 0)
+}
+
+/// Long-polls for commits after the applied head and wakes the worker when some come.
+fn watch(cfg: &config::Config, signal: &Signal, head: &AtomicU64, o: Options) {
+    let remote = remote(cfg);
+    let mut seen = 0;
+    let mut backoff = o.min_backoff;
+    while !signal.stopped() {
+        let after = head.load(Ordering::Acquire).max(seen);
+        match remote.pull(after, 1, o.wait) {
+            Ok(Ok(page)) => {
+                backoff = o.min_backoff;
+                if !page.commits.is_empty() {
+                    seen = page.head.0;
+                    signal.set(|f| f.wake = true);
+                }
+            }
+            // The worker reports errors; the watcher only waits a little and retries.
+            _ => {
+                if signal.wait(backoff.mul_f64(jitter()), false) == Woke::Stop {
+                    return;
+                }
+                backoff = (backoff * 2).min(o.max_backoff);
+            }
+        }
+    }
+}
