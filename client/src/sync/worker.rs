@@ -75,9 +75,11 @@ impl Options {
                 "poll_ms" => o.poll = d,
                 "min_backoff_ms" => o.min_backoff = d,
                 "max_backoff_ms" => o.max_backoff = d,
-                _ => return Err(bad(format!(
+                _ => {
+                    return Err(bad(format!(
                     "unknown key \"{k}\" (known: wait_ms, poll_ms, min_backoff_ms, max_backoff_ms)"
-                ))),
+                )))
+                }
             }
         }
         if o.min_backoff > o.max_backoff {
@@ -180,10 +182,7 @@ where
         .name("pdb-sync".into())
         .spawn(move || {
             status::update(&p, |s| s.worker = true);
-            let outcome = open().and_then(|conn| {
-                run(&conn, &sig, options);
-                Ok(())
-            });
+            let outcome = open().map(|conn| run(&conn, &sig, options));
             status::update(&p, |s| {
                 s.worker = false;
                 if let Err(e) = outcome {
@@ -253,7 +252,7 @@ fn run<C: Db>(conn: &C, signal: &Arc<Signal>, o: Options) {
             }
         };
         // The watcher needs the stored target, which may appear only after pdb_open.
-        if watcher.as_ref().is_none_or(|w| w.is_finished()) {
+        if !watcher.as_ref().is_some_and(|w| !w.is_finished()) {
             if let Ok(cfg) = config::load(conn) {
                 let (sig, h) = (signal.clone(), head.clone());
                 watcher = std::thread::Builder::new()
