@@ -113,19 +113,42 @@ const MAX_ANSWER: u64 = 64 << 20;
 
 impl Remote {
     /// A client for `group` on the witness at `url` (http or https), sending `token`.
-    pub fn new(url: &str, group: &str, token: &str) -> Remote {
-        let agent = ureq::Agent::config_builder()
+    ///
+    /// https trusts Mozilla's root certificates, or only the PEM certificates in the
+    /// file named by `PDB_CA_FILE` when that is set (a witness behind a private CA).
+    pub fn new(url: &str, group: &str, token: &str) -> Result<Remote, TransportError> {
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
-            .timeout_global(Some(Duration::from_secs(120)))
-            .build()
-            .into();
-        Remote {
-            agent,
+            .timeout_global(Some(Duration::from_secs(120)));
+        if let Some(file) = std::env::var_os("PDB_CA_FILE") {
+            let bad = |why: String| {
+                TransportError::Protocol(format!("PDB_CA_FILE {}: {why}", file.to_string_lossy()))
+            };
+            let pem = std::fs::read(&file).map_err(|e| bad(e.to_string()))?;
+            let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(bad("holds no PEM certificate".into()));
+            }
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                    .build(),
+            );
+        }
+        Ok(Remote {
+            agent: config.build().into(),
             base: url.trim_end_matches('/').to_string(),
             group: group.to_string(),
             token: token.to_string(),
-        }
+        })
     }
 
     fn url(&self, tail: &str) -> String {

@@ -25,7 +25,7 @@ fn push_pull_and_every_kind_of_answer() {
     let w = WitnessProc::start(&dir);
     assert_eq!(w.admin_client().create_group("g", DDL).status, 201);
     let token = w.token("dev", "g", "write", 600);
-    let remote = Remote::new(&w.url, "g", &token);
+    let remote = Remote::new(&w.url, "g", &token).unwrap();
 
     let info = remote.group_info().unwrap().unwrap();
     assert_eq!(info.head, (0, genesis("g")));
@@ -87,7 +87,7 @@ fn push_pull_and_every_kind_of_answer() {
 
     // A long-poll returns as soon as a commit lands.
     let waiter = {
-        let r = Remote::new(&w.url, "g", &token);
+        let r = Remote::new(&w.url, "g", &token).unwrap();
         std::thread::spawn(move || {
             let t = Instant::now();
             (
@@ -112,10 +112,10 @@ fn push_pull_and_every_kind_of_answer() {
     assert!(took < Duration::from_secs(10));
 
     // Bad tokens and other groups are rejections, not transport errors.
-    let anon = Remote::new(&w.url, "g", "not-a-token");
+    let anon = Remote::new(&w.url, "g", "not-a-token").unwrap();
     let r = anon.group_info().unwrap().unwrap_err();
     assert_eq!((r.status, r.code.as_str()), (401, "unauthorized"));
-    let elsewhere = Remote::new(&w.url, "other", &token);
+    let elsewhere = Remote::new(&w.url, "other", &token).unwrap();
     assert_eq!(
         elsewhere
             .pull(0, 1, Duration::ZERO)
@@ -128,7 +128,7 @@ fn push_pull_and_every_kind_of_answer() {
     // A witness that is not there is a transport error.
     let url = w.url.clone();
     drop(w);
-    let gone = Remote::new(&url, "g", &token);
+    let gone = Remote::new(&url, "g", &token).unwrap();
     assert!(matches!(
         gone.group_info(),
         Err(TransportError::Unreachable(_))

@@ -64,8 +64,8 @@ impl Summary {
 }
 
 /// A connection to the database's witness.
-pub fn remote(cfg: &Config) -> Remote {
-    Remote::new(&cfg.url, &cfg.group, &cfg.token)
+pub fn remote(cfg: &Config) -> Result<Remote, Error> {
+    Ok(Remote::new(&cfg.url, &cfg.group, &cfg.token)?)
 }
 
 /// Records the outcome of a sync step in the live status, then passes it on.
@@ -358,7 +358,7 @@ fn run<D: Db>(
     let path = status::db_path(db)?;
     let result = (|| {
         let cfg = config::load(db)?;
-        let remote = remote(&cfg);
+        let remote = remote(&cfg)?;
         check_group(db, &cfg, &remote, &path)?;
         let mut sum = Summary::default();
         f(db, &cfg, &remote, &mut sum)?;

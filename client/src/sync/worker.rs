@@ -289,7 +289,8 @@ fn has_unsent<C: Db>(conn: &C) -> bool {
 
 /// Long-polls for commits after the applied head and wakes the worker when some come.
 fn watch(cfg: &config::Config, signal: &Signal, head: &AtomicU64, o: Options) {
-    let remote = remote(cfg);
+    // The worker reports a bad CA file; without a client there is nothing to watch.
+    let Ok(remote) = remote(cfg) else { return };
     let mut seen = 0;
     let mut backoff = o.min_backoff;
     while !signal.stopped() {
