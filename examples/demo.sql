@@ -34,8 +34,3 @@ UPDATE notes SET stars = 4 WHERE id = 2;
 SELECT pdb_commit() AS commit_id;
 SELECT tbl, op, pk, old, new
 FROM pdb_changeset_rows((SELECT changeset FROM pdb_upload_queue ORDER BY id DESC LIMIT 1));
-
-SELECT 'undo it with pdb_invert + pdb_apply (not captured as a local change)' AS step;
-SELECT pdb_apply(pdb_invert((SELECT changeset FROM pdb_upload_queue ORDER BY id DESC LIMIT 1))) AS applied;
-SELECT id, title, stars FROM notes;
-SELECT pdb_changeset() IS NULL AS nothing_pending;

@@ -2,18 +2,28 @@
 # Host test: the real, built libpdb loaded into Debian's sqlite3 command-line shell (3.40),
 # with what it captures compared byte for byte against the shell's own session extension.
 #
-#   cargo build --release -p pdb && bash tests/cli/test_cli.sh
+#   cargo build --release -p pdb -p pdb-witness && bash tests/cli/test_cli.sh
 #
 # Prints one line per check and "N passed, N failed" at the end; exits non-zero on any
-# failure. SQLITE3=/path/to/sqlite3 picks another shell.
+# failure. SQLITE3=/path/to/sqlite3 picks another shell; section 6 (sync) starts the
+# built witness (PDB_WITNESS=/path/to/pdb-witness picks another) and needs curl.
 set -u
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT" || exit 1
 SQLITE3=${SQLITE3:-/usr/bin/sqlite3}
 LIB=./target/release/libpdb # .load adds the .so suffix and derives sqlite3_pdb_init
+WITNESS=${PDB_WITNESS:-./target/release/pdb-witness}
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+WITNESS_PID=
+cleanup() { # stops the witness this script started (section 6), if it still runs
+    if [ -n "$WITNESS_PID" ]; then
+        kill "$WITNESS_PID" 2>/dev/null
+        wait "$WITNESS_PID" 2>/dev/null
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
 
 PASSED=0
 FAILED=0
@@ -84,13 +94,27 @@ expect_eq "load: registers exactly the pdb functions (name|narg|flags) and modul
 "version|0.1.0
 fn|pdb_apply|1|524288
 fn|pdb_apply|2|524288
+fn|pdb_certificate|1|524288
 fn|pdb_changeset|0|524288
 fn|pdb_commit|0|524288
 fn|pdb_commit|1|524288
 fn|pdb_concat|2|2048
+fn|pdb_head|0|524288
 fn|pdb_invert|1|2048
+fn|pdb_open|4|524288
+fn|pdb_pull|0|524288
+fn|pdb_push|0|524288
+fn|pdb_resolve|2|524288
+fn|pdb_set_strategy|2|524288
+fn|pdb_set_strategy|3|524288
+fn|pdb_status|0|524288
+fn|pdb_sync|0|524288
+fn|pdb_sync_start|0|524288
+fn|pdb_sync_start|1|524288
+fn|pdb_sync_stop|0|524288
 fn|pdb_track|1|524288
 fn|pdb_untrack|1|524288
+fn|pdb_verify|0|524288
 fn|pdb_version|0|2048
 gone|0
 mod|pdb_changeset_rows" "$out"
@@ -312,5 +336,120 @@ expect_eq "panic: the same connection keeps working" \
 commit|1
 rows|INSERT|[1,"after the panic"]' "$out"
 expect_eq "panic: the shell exits normally, reporting that an error occurred (rc 1)" "1" "$rc"
+
+# ---- 6. sync: the shell as a device of a real witness --------------------------------------
+# A witness in the background; a group made over HTTP with curl; one shell database
+# tracks, writes, commits, opens and syncs; a second one syncs and shows the same rows.
+sync_section() {
+    if [ ! -x "$WITNESS" ]; then
+        fail "sync: pdb-witness is built" \
+            "$WITNESS does not exist: run cargo build --release -p pdb-witness"
+        return
+    fi
+    if ! command -v curl >/dev/null; then
+        fail "sync: curl" "curl not found (apt-get install curl)"
+        return
+    fi
+    PDB_LOG=warn "$WITNESS" serve --listen 127.0.0.1:0 --data "$WORK/witness" \
+        >"$WORK/witness.out" 2>"$WORK/witness.err" </dev/null &
+    WITNESS_PID=$!
+    local i url="" key="" admin=""
+    for ((i = 0; i < 300; i++)); do # up to 30 s
+        url=$(sed -n 's/^listening: //p' "$WORK/witness.out")
+        [ -n "$url" ] && break
+        kill -0 "$WITNESS_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    key=$(sed -n 's/^witness key: //p' "$WORK/witness.out")
+    admin=$(sed -n 's/^admin token: //p' "$WORK/witness.out")
+    if [[ "$url" =~ ^http://127\.0\.0\.1:[0-9]+$ && "$key" =~ ^[0-9a-f]{64}$ && -n "$admin" ]]; then
+        pass "sync: the witness starts and prints url, key and admin token"
+    else
+        fail "sync: the witness starts and prints url, key and admin token" \
+            "stdout:" "$(cat "$WORK/witness.out")" "stderr:" "$(cat "$WORK/witness.err")"
+        return
+    fi
+
+    local ddl="CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT NOT NULL, body TEXT)"
+    local code token rows rows1 rows2 head1 head2
+    code=$(curl -sS -o "$WORK/group.json" -w '%{http_code}' -X PUT \
+        -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' \
+        --data "{\"ddl\": \"$ddl\"}" "$url/v1/groups/cli" 2>&1)
+    expect_eq "sync: PUT /v1/groups/cli (curl, admin token) creates the group" "201" "$code"
+    token=$("$WITNESS" token --data "$WORK/witness" --sub cli --group cli --role write --ttl 600)
+
+    out=$(run "$WORK/device1.db" <<EOF
+.load $LIB
+$ddl;
+SELECT 'track', pdb_track('notes');
+INSERT INTO notes VALUES (1, 'hello', 'from the shell'), (2, 'bye', NULL), (3, 'gone', 'x');
+DELETE FROM notes WHERE id = 3;
+UPDATE notes SET body = 'ünïcödé' WHERE id = 2;
+SELECT 'commit', pdb_commit();
+SELECT 'open', pdb_open('$url', 'cli', '$token', '$key');
+SELECT 'sync', json_extract(s, '\$.pushed'), json_extract(s, '\$.pulled'),
+       json_extract(s, '\$.head.seq')
+  FROM (SELECT pdb_sync() AS s);
+SELECT 'status', json_extract(s, '\$.pending'), json_extract(s, '\$.online'),
+       quote(json_extract(s, '\$.last_error'))
+  FROM (SELECT pdb_status() AS s);
+SELECT 'verify', json_extract(pdb_verify(), '\$.state');
+EOF
+    )
+    no_errors "sync: first shell"
+    expect_eq "sync: the first shell tracks, commits, opens and pushes" \
+"track|notes
+commit|1
+open|cli
+sync|1|1|1
+status|0|1|NULL
+verify|ok" "$out"
+
+    out=$(run "$WORK/device2.db" <<EOF
+.load $LIB
+$ddl;
+SELECT 'track', pdb_track('notes');
+SELECT 'open', pdb_open('$url', 'cli', '$token', '$key');
+SELECT 'sync', json_extract(s, '\$.pushed'), json_extract(s, '\$.pulled'),
+       json_extract(s, '\$.head.seq')
+  FROM (SELECT pdb_sync() AS s);
+SELECT 'verify', json_extract(pdb_verify(), '\$.state');
+SELECT 'pending', quote(pdb_changeset());
+EOF
+    )
+    no_errors "sync: second shell"
+    expect_eq "sync: the second shell pulls the commit, verified, nothing pending" \
+"track|notes
+open|cli
+sync|0|1|1
+verify|ok
+pending|NULL" "$out"
+
+    rows="SELECT quote(id), quote(title), quote(body) FROM notes ORDER BY id;"
+    rows1=$(run "$WORK/device1.db" <<<"$rows")
+    rows2=$(run "$WORK/device2.db" <<<"$rows")
+    expect_eq "sync: the second shell shows the first one's rows" \
+"1|'hello'|'from the shell'
+2|'bye'|'ünïcödé'" "$rows2"
+    expect_eq "sync: both shells hold the same rows" "$rows1" "$rows2"
+    head1=$(printf '.load %s\nSELECT pdb_head();\n' "$LIB" | run "$WORK/device1.db")
+    head2=$(printf '.load %s\nSELECT pdb_head();\n' "$LIB" | run "$WORK/device2.db")
+    code=$(curl -sS -o "$WORK/info.json" -w '%{http_code}' \
+        -H "Authorization: Bearer $admin" "$url/v1/groups/cli" 2>&1)
+    out=$(run "$WORK/decode.db" <<<"SELECT json_object('seq', json_extract(j, '\$.seq'),
+                   'head', json_extract(j, '\$.head'))
+  FROM (SELECT readfile('$WORK/info.json') AS j);")
+    expect_eq "sync: both shells are at the witness's head" \
+        "200 $out $out" "$code $head1 $head2"
+
+    if kill "$WITNESS_PID" 2>/dev/null; then
+        pass "sync: the witness ran until the end of the section"
+    else
+        fail "sync: the witness ran until the end of the section" "$(cat "$WORK/witness.err")"
+    fi
+    wait "$WITNESS_PID" 2>/dev/null
+    WITNESS_PID=
+}
+sync_section
 
 finish

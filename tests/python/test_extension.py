@@ -155,6 +155,21 @@ EXPECTED_FUNCTIONS = {
     ("pdb_apply", 2): 0x80000,
     ("pdb_invert", 1): 0x800,
     ("pdb_concat", 2): 0x800,
+    # Sync (DESIGN §6): all of them read or write the database or talk to the witness.
+    ("pdb_open", 4): 0x80000,
+    ("pdb_sync", 0): 0x80000,
+    ("pdb_push", 0): 0x80000,
+    ("pdb_pull", 0): 0x80000,
+    ("pdb_status", 0): 0x80000,
+    ("pdb_head", 0): 0x80000,
+    ("pdb_certificate", 1): 0x80000,
+    ("pdb_verify", 0): 0x80000,
+    ("pdb_set_strategy", 2): 0x80000,
+    ("pdb_set_strategy", 3): 0x80000,
+    ("pdb_resolve", 2): 0x80000,
+    ("pdb_sync_start", 0): 0x80000,
+    ("pdb_sync_start", 1): 0x80000,
+    ("pdb_sync_stop", 0): 0x80000,
 }
 
 

@@ -68,20 +68,45 @@ pub fn remote(cfg: &Config) -> Result<Remote, Error> {
     Ok(Remote::new(&cfg.url, &cfg.group, &cfg.token)?)
 }
 
-/// Records the outcome of a sync step in the live status, then passes it on.
-fn note<T>(path: &str, r: Result<T, Error>) -> Result<T, Error> {
-    status::update(path, |s| match &r {
-        Ok(_) => {
-            s.online = Some(true);
-            s.last_error = None;
-            s.last_sync_at = Some(capture::now_ms());
-        }
-        Err(e) => {
-            s.online = Some(!matches!(e, Error::Transport(_)));
-            s.last_error = Some(e.to_string());
+/// Records the outcome of a sync step in the live status, then passes it on. Whether
+/// the witness answered and the last error are also kept in `pdb_local` when they
+/// change, so that a later process (the next sqlite3 shell) still reports them.
+fn note<D: Db, T>(db: &D, path: &str, r: Result<T, Error>) -> Result<T, Error> {
+    let now = capture::now_ms();
+    let (online, error) = match &r {
+        Ok(_) => (true, None),
+        Err(e) => (!matches!(e, Error::Transport(_)), Some(e.to_string())),
+    };
+    let before = status::get(path);
+    status::update(path, |s| {
+        s.online = Some(online);
+        s.last_error = error.clone();
+        if r.is_ok() {
+            s.last_sync_at = Some(now);
         }
     });
+    if before.online != Some(online) || before.last_error != error {
+        // Best effort: a locked or read-only database keeps only the live status.
+        let _ = persist_status(db, online, error.as_deref(), r.is_ok().then_some(now));
+    }
     r
+}
+
+fn persist_status<D: Db>(
+    db: &D,
+    online: bool,
+    error: Option<&str>,
+    synced_at: Option<i64>,
+) -> Result<(), Error> {
+    if !capture::has_schema(db)? {
+        return Ok(());
+    }
+    config::set(db, "online", ValueRef::Integer(i64::from(online)))?;
+    config::set(db, "last_error", ValueRef::text_or_null(error))?;
+    if let Some(t) = synced_at {
+        config::set(db, "last_sync_at", ValueRef::Integer(t))?;
+    }
+    Ok(())
 }
 
 /// Checks once per process that the group is signed by the pinned key and has this
@@ -356,6 +381,14 @@ fn run<D: Db>(
     f: impl FnOnce(&D, &Config, &Remote, &mut Summary) -> Result<(), Error>,
 ) -> Result<Summary, Error> {
     let path = status::db_path(db)?;
+    if !db.is_autocommit() {
+        // What is sent cannot be taken back: a rollback of the application's
+        // transaction would leave certified commits it believes undone.
+        return Err(Error::Argument(
+            "sync talks to the witness and commits what it pulls: call it outside a transaction"
+                .into(),
+        ));
+    }
     let result = (|| {
         let cfg = config::load(db)?;
         let remote = remote(&cfg)?;
@@ -366,7 +399,7 @@ fn run<D: Db>(
         sum.head = (seq, hex(&head));
         Ok(sum)
     })();
-    note(&path, result)
+    note(db, &path, result)
 }
 
 /// `pdb_status()` as JSON.
@@ -374,11 +407,31 @@ pub fn status_json<D: Db>(db: &D) -> Result<String, Error> {
     let path = status::db_path(db)?;
     let live = status::get(&path);
     let cfg = config::load(db).ok();
+    // This process's own record when it synced; else what an earlier one left.
+    let stored = |key: &str| -> Result<serde_json::Value, Error> {
+        if !capture::has_schema(db)? {
+            return Ok(serde_json::Value::Null);
+        }
+        Ok(match config::get(db, key)? {
+            Some(Value::Integer(i)) if key == "online" => json!(i != 0),
+            Some(Value::Integer(i)) => json!(i),
+            Some(Value::Text(t)) => json!(String::from_utf8_lossy(&t)),
+            _ => serde_json::Value::Null,
+        })
+    };
+    let (online, last_error) = match live.online {
+        Some(o) => (json!(o), json!(live.last_error)),
+        None => (stored("online")?, stored("last_error")?),
+    };
+    let last_sync_at = match live.last_sync_at {
+        Some(t) => json!(t),
+        None => stored("last_sync_at")?,
+    };
     let mut out = json!({
         "open": cfg.is_some(),
-        "online": live.online,
-        "last_error": live.last_error,
-        "last_sync_at": live.last_sync_at,
+        "online": online,
+        "last_error": last_error,
+        "last_sync_at": last_sync_at,
         "worker": live.worker,
         "progress": null,
     });

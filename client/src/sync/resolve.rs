@@ -11,6 +11,11 @@ use crate::Error;
 
 /// Settles conflict `id` with `choice`; returns the row kept as JSON (`null`: absent).
 pub fn resolve<D: Db>(db: &D, id: i64, choice: &str) -> Result<String, Error> {
+    if !capture::has_schema(db)? {
+        return Err(Error::Argument(format!(
+            "argument 1: there is no conflict with id {id}"
+        )));
+    }
     transaction(db, "pdb_resolve", || {
         let mut found: Option<(String, String, Option<String>)> = None;
         {

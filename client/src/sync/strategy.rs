@@ -207,6 +207,13 @@ fn custom<D: Db>(
     stmt.query(&mut |row| {
         out = Some(row[0].to_owned());
         Ok(())
+    })
+    .map_err(|e| {
+        Error::Argument(format!(
+            "custom function {function}() failed on a conflict in table \"{}\" (key {}); nothing was applied: {e}",
+            info.name,
+            crate::rows::key_to_json(key)
+        ))
     })?;
     let what = format!("the result of {function}() for table \"{}\"", info.name);
     match out {
