@@ -618,3 +618,41 @@ fn refusals_stop_sync_with_the_queue_intact_and_bad_history_changes_nothing() {
         .unwrap_err()
         .contains("pdb_open"));
 }
+
+#[test]
+fn a_long_queue_on_a_fast_forward_table_goes_out_in_one_sync() {
+    let dir = scratch("fast-forward");
+    let w = witness(&dir);
+    let a = Device::on(&w, &dir, "a", DDL, &["notes"], "g");
+    // Not column-merge: commits are sent `fast-forward`, each on the head before it.
+    a.value("SELECT pdb_set_strategy('notes', 'remote-wins')");
+    for i in 0..12 {
+        a.sql(&format!("INSERT INTO notes VALUES ({i}, 'n{i}', NULL)"));
+        a.commit().unwrap();
+    }
+    let s = a.sync();
+    assert_eq!(
+        (s["pushed"].as_u64(), s["head"]["seq"].as_u64()),
+        (Some(12), Some(12)),
+        "{s}"
+    );
+    assert_eq!(a.status()["pending"], 0);
+    // Another device's commit in between makes the rest stale: pull, rebase, resend.
+    let b = Device::on(&w, &dir, "b", DDL, &["notes"], "g");
+    b.sync();
+    for i in 100..104 {
+        a.sql(&format!("INSERT INTO notes VALUES ({i}, 'a', NULL)"));
+        a.commit().unwrap();
+    }
+    b.sql("UPDATE notes SET b = 'from b' WHERE id = 0");
+    b.commit().unwrap();
+    b.sync();
+    let s = a.sync();
+    assert_eq!(
+        (s["pushed"].as_u64(), s["pulled"].as_u64()),
+        (Some(4), Some(5)),
+        "{s}"
+    );
+    b.sync();
+    assert_eq!(a.dump("notes"), b.dump("notes"));
+}

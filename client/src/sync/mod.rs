@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::capture;
-use crate::cert::{genesis, hex, next_head, parse_hash, Certificate};
+use crate::cert::{genesis, hex, next_head, parse_hash, Certificate, Hash};
 use crate::db::{Db, Stmt};
 use crate::schema::schema_hash;
 use crate::transport::{Remote, Submission};
@@ -214,19 +214,30 @@ pub fn push<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<Pushed, Erro
     let mut done = Pushed::default();
     let client = config::client_id(db)?;
     let strategies = strategy::load(db)?;
+    // Queued commits made on one head were each made on top of the one before. When
+    // the witness certifies one right on that head, the next can claim the new head as
+    // its base, so a `fast-forward` queue goes out in one pass, not a pull per commit.
+    let mut moved: Option<((u64, Hash), (u64, Hash))> = None;
     while let Some(c) = next_outgoing(db)? {
-        let base_head = match &c.base_head {
-            Some(h) => parse_hash(h).ok_or_else(|| {
-                Error::Diverged(format!("local commit {} has a corrupt base head", c.id))
-            })?,
-            None => genesis(&cfg.group),
+        let stored_base = (
+            c.base_seq,
+            match &c.base_head {
+                Some(h) => parse_hash(h).ok_or_else(|| {
+                    Error::Diverged(format!("local commit {} has a corrupt base head", c.id))
+                })?,
+                None => genesis(&cfg.group),
+            },
+        );
+        let base = match moved {
+            Some((from, to)) if from == stored_base => to,
+            _ => stored_base,
         };
         let schema = parse_hash(&c.schema_hash).ok_or_else(|| {
             Error::Diverged(format!("local commit {} has a corrupt schema hash", c.id))
         })?;
         let answer = remote.push(&Submission {
             changeset: &c.changeset,
-            base: (c.base_seq, base_head),
+            base,
             idempotency_key: &c.key,
             schema_hash: schema,
             client: client.as_deref(),
@@ -248,6 +259,8 @@ pub fn push<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<Pushed, Erro
                     &[ValueRef::Integer(c.id), ValueRef::Integer(cert.seq as i64)],
                 )?;
                 done.pushed += 1;
+                moved = (cert.prev == base.1 && cert.seq == base.0 + 1)
+                    .then_some((stored_base, (cert.seq, cert.head)));
             }
             Err(rej) => match rej.code.as_str() {
                 // The group moved on, or an earlier form of this commit was certified
@@ -349,22 +362,12 @@ pub fn pull_now<D: Db>(db: &D) -> Result<Summary, Error> {
 
 /// `pdb_sync()`: push, pull, and again while rebased commits wait to be sent.
 pub fn sync<D: Db>(db: &D) -> Result<Summary, Error> {
-    sync_waiting(db, Duration::ZERO)
-}
-
-/// A sync whose pull long-polls for `wait` when nothing is new (the worker's cycle).
-pub fn sync_waiting<D: Db>(db: &D, wait: Duration) -> Result<Summary, Error> {
     run(db, |db, cfg, remote, sum| {
-        for round in 0..ROUNDS {
+        for _ in 0..ROUNDS {
             let p = push(db, cfg, remote)?;
             sum.pushed += p.pushed;
             sum.dead += p.dead;
-            let waiting = if round == 0 && p.pushed == 0 {
-                wait
-            } else {
-                Duration::ZERO
-            };
-            let r = pull(db, cfg, remote, waiting)?;
+            let r = pull(db, cfg, remote, Duration::ZERO)?;
             sum.pulled += r.pulled;
             sum.conflicts += r.conflicts;
             if unsent(db)? == 0 {
