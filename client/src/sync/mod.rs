@@ -284,12 +284,19 @@ pub fn push<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<Pushed, Erro
 }
 
 /// Pulls, verifies and applies every commit after the applied head, a page per
-/// transaction. `wait` long-polls for the first page when nothing is new.
-pub fn pull<D: Db>(
+/// transaction. While it runs, `pdb_status()` shows its progress.
+pub fn pull<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<rebase::Integrated, Error> {
+    let path = status::db_path(db)?;
+    let result = pull_pages(db, cfg, remote, &path);
+    status::update(&path, |s| s.progress = None);
+    result
+}
+
+fn pull_pages<D: Db>(
     db: &D,
     cfg: &Config,
     remote: &Remote,
-    wait: Duration,
+    path: &str,
 ) -> Result<rebase::Integrated, Error> {
     let mut total = rebase::Integrated {
         pulled: 0,
@@ -297,11 +304,11 @@ pub fn pull<D: Db>(
         conflicts: 0,
         head: config::head(db, &cfg.group)?,
     };
-    let mut wait = wait;
     loop {
         let (seq, _) = config::head(db, &cfg.group)?;
-        let page = remote.pull(seq, PAGE, wait)?.map_err(Error::Rejected)?;
-        wait = Duration::ZERO;
+        let page = remote
+            .pull(seq, PAGE, Duration::ZERO)?
+            .map_err(Error::Rejected)?;
         if page.commits.is_empty() {
             break;
         }
@@ -310,6 +317,9 @@ pub fn pull<D: Db>(
         total.confirmed += r.confirmed;
         total.conflicts += r.conflicts;
         total.head = r.head;
+        status::update(path, |s| {
+            s.progress = Some(json!({"phase": "pull", "seq": r.head.0, "target_seq": page.head.0}))
+        });
         if r.head.0 >= page.head.0 {
             break;
         }
@@ -342,7 +352,7 @@ pub fn push_now<D: Db>(db: &D) -> Result<Summary, Error> {
             if !p.need_pull {
                 break;
             }
-            let r = pull(db, cfg, remote, Duration::ZERO)?;
+            let r = pull(db, cfg, remote)?;
             sum.pulled += r.pulled;
             sum.conflicts += r.conflicts;
         }
@@ -353,7 +363,7 @@ pub fn push_now<D: Db>(db: &D) -> Result<Summary, Error> {
 /// `pdb_pull()`: applies what the group has that this device has not.
 pub fn pull_now<D: Db>(db: &D) -> Result<Summary, Error> {
     run(db, |db, cfg, remote, sum| {
-        let r = pull(db, cfg, remote, Duration::ZERO)?;
+        let r = pull(db, cfg, remote)?;
         sum.pulled += r.pulled;
         sum.conflicts += r.conflicts;
         Ok(())
@@ -367,7 +377,7 @@ pub fn sync<D: Db>(db: &D) -> Result<Summary, Error> {
             let p = push(db, cfg, remote)?;
             sum.pushed += p.pushed;
             sum.dead += p.dead;
-            let r = pull(db, cfg, remote, Duration::ZERO)?;
+            let r = pull(db, cfg, remote)?;
             sum.pulled += r.pulled;
             sum.conflicts += r.conflicts;
             if unsent(db)? == 0 {
@@ -436,7 +446,7 @@ pub fn status_json<D: Db>(db: &D) -> Result<String, Error> {
         "last_error": last_error,
         "last_sync_at": last_sync_at,
         "worker": live.worker,
-        "progress": null,
+        "progress": live.progress,
     });
     if !capture::has_schema(db)? {
         return Ok(out.to_string());

@@ -22,6 +22,8 @@ pub struct Live {
     pub worker: bool,
     /// The group info was checked against this device (witness key, schema).
     pub checked: bool,
+    /// A long pull's progress (`{"phase", "seq", "target_seq"}`), while it runs.
+    pub progress: Option<serde_json::Value>,
 }
 
 fn registry() -> &'static Mutex<HashMap<String, Live>> {
