@@ -590,9 +590,11 @@ def test_manual_conflicts_wait_for_pdb_resolve(group, device):
 
 @pytest.mark.parametrize("args,message", [
     (("ftp://example.com", "g", "t", "KEY"),
-     'pdb_open: argument 1 (url) must start with http:// or https://, not "ftp://example.com"'),
+     'pdb_open: argument 1 (url) must be http:// or https:// and a host, not "ftp://example.com"'),
     (("example.com:7070", "g", "t", "KEY"),
-     'pdb_open: argument 1 (url) must start with http:// or https://, not "example.com:7070"'),
+     'pdb_open: argument 1 (url) must be http:// or https:// and a host, not "example.com:7070"'),
+    (("http://", "g", "t", "KEY"),
+     'pdb_open: argument 1 (url) must be http:// or https:// and a host, not "http://"'),
     ((None, "g", "t", "KEY"), "pdb_open: argument 1 (url) must be TEXT"),
     (("URL", "", "t", "KEY"), "pdb_open: argument 2 (group) must not be empty"),
     (("URL", "g", "t", "abc"),

@@ -55,9 +55,12 @@ pub fn open<D: Db>(
     token: &str,
     key_hex: &str,
 ) -> Result<(), Error> {
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
+    let host = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    if !host.is_some_and(|h| !h.is_empty() && !h.starts_with('/')) {
         return Err(Error::Argument(format!(
-            "argument 1 (url) must start with http:// or https://, not \"{url}\""
+            "argument 1 (url) must be http:// or https:// and a host, not \"{url}\""
         )));
     }
     if group.is_empty() {
