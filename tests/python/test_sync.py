@@ -606,7 +606,7 @@ def test_manual_conflicts_wait_for_pdb_resolve(group, device):
     (("URL", "g", "t", "KEY+00"),
      "pdb_open: argument 4 (witness_key) must be the witness's Ed25519 public key: 64 hex digits"),
     (("URL", "g", "t", b"\x01" * 32), "pdb_open: argument 4 (witness_key) must be TEXT"),
-], ids=["ftp-url", "no-scheme", "null-url", "empty-group", "short-key", "62-hex-digits",
+], ids=["ftp-url", "no-scheme", "no-host", "null-url", "empty-group", "short-key", "62-hex-digits",
         "not-hex", "66-hex-digits", "blob-key"])
 def test_pdb_open_refuses_bad_arguments(connect, tmp_path, args, message):
     conn = connect(tmp_path / "d.db")
