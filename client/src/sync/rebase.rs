@@ -173,6 +173,23 @@ pub fn integrate<D: Db>(
     })
 }
 
+/// The local write B → L laid over the row as it is now: the columns the write changed
+/// take L's values, the others keep the current ones. Equal to L except where a value
+/// compares equal without being the same bits (0.0 and -0.0), which must not change.
+fn overlay(base: Option<&Row>, local: Option<&Row>, current: Option<&Row>) -> Option<Row> {
+    let (Some(l), Some(c)) = (local, current) else {
+        return local.cloned();
+    };
+    Some(
+        (0..l.len())
+            .map(|i| match base {
+                Some(b) if b[i].as_ref().same(l[i].as_ref()) => c[i].clone(),
+                _ => l[i].clone(),
+            })
+            .collect(),
+    )
+}
+
 /// Whether the local write B → L survives in `kept`: the row is there if and only if L
 /// has it, and every column the write changed (all of them for an insert, against an
 /// all-NULL B as column-merge reads it) has L's value.
@@ -409,11 +426,15 @@ impl<'d, D: Db + 'd> Rebase<'d, '_, D> {
         let certified = step.queued.as_ref().is_some_and(|q| q.pushed_seq.is_some());
         for r in &step.rows {
             let current = self.rows(r.table).get(&r.key)?;
-            let (keep, conflict) = if certified
-                || same_row(current.as_ref(), r.base.as_ref())
-                || same_row(current.as_ref(), r.local.as_ref())
-            {
-                (r.local.clone(), None)
+            let (keep, conflict) = if same_row(current.as_ref(), r.local.as_ref()) {
+                // Already done: nothing to write (and L's spelling of a value equal to
+                // the current one, say 0.0 for -0.0, must not replace it).
+                (current.clone(), None)
+            } else if certified || same_row(current.as_ref(), r.base.as_ref()) {
+                (
+                    overlay(r.base.as_ref(), r.local.as_ref(), current.as_ref()),
+                    None,
+                )
             } else {
                 let info = &self.tables[r.table].info;
                 let s = self
