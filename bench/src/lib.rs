@@ -2,6 +2,8 @@
 
 use std::process::exit;
 
+pub mod workload;
+
 /// The error type of the benchmark programs.
 pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
