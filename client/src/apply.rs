@@ -140,26 +140,29 @@ fn apply_with<D: Db>(
     } else {
         HashMap::new()
     };
-    let defer_fk = matches!(
-        db.query_value("PRAGMA defer_foreign_keys", &[])?,
-        Some(Value::Integer(1))
-    );
     let fk_on = matches!(
         db.query_value("PRAGMA foreign_keys", &[])?,
         Some(Value::Integer(1))
     );
+    // Deferring matters only when foreign keys are enforced, and setting the pragma
+    // expires every prepared statement of the connection (the application's too), so
+    // it is left alone otherwise, and when it is already on.
+    let defer_fk = fk_on
+        && !matches!(
+            db.query_value("PRAGMA defer_foreign_keys", &[])?,
+            Some(Value::Integer(1))
+        );
 
     // Put the application's setting back however this ends (error or panic included);
     // in autocommit mode the end of the transaction would reset it anyway.
-    let _restore = RestoreDefer {
-        db,
-        was_on: defer_fk,
-    };
+    let _restore = defer_fk.then_some(RestoreDefer { db });
     transaction(db, "pdb_apply", || {
         if set_guard {
             db.execute_batch("INSERT OR REPLACE INTO pdb_apply_guard(active) VALUES (1)")?;
         }
-        db.execute_batch("PRAGMA defer_foreign_keys = ON")?;
+        if defer_fk {
+            db.execute_batch("PRAGMA defer_foreign_keys = ON")?;
+        }
         let mut stats = ApplyStats::default();
         let mut infos: HashMap<&str, TableInfo> = HashMap::new();
         for (header, changes) in &groups {
@@ -186,21 +189,15 @@ fn apply_with<D: Db>(
     })
 }
 
-/// Restores `PRAGMA defer_foreign_keys` when dropped.
+/// Turns `PRAGMA defer_foreign_keys` back off when dropped (it was off before).
 struct RestoreDefer<'a, D: Db> {
     db: &'a D,
-    was_on: bool,
 }
 
 impl<D: Db> Drop for RestoreDefer<'_, D> {
     fn drop(&mut self) {
-        let sql = if self.was_on {
-            "PRAGMA defer_foreign_keys = ON"
-        } else {
-            "PRAGMA defer_foreign_keys = OFF"
-        };
         // Setting a pragma flag cannot fail on a live connection; nothing to report.
-        let _ = self.db.execute_batch(sql);
+        let _ = self.db.execute_batch("PRAGMA defer_foreign_keys = OFF");
     }
 }
 

@@ -431,6 +431,25 @@ fn shadow_ddl(info: &TableInfo, id: i64) -> String {
     )
 }
 
+/// Removes the capture triggers of `tables`, inside the caller's transaction, for
+/// writes that must not be captured and are many: the guard mutes a trigger, but
+/// SQLite still compiles it into every write statement and runs its WHEN clause for
+/// every row. [`unmute`] puts them back before the transaction ends.
+pub fn mute<D: Db>(db: &D, tables: &[Tracked]) -> Result<(), Error> {
+    for t in tables {
+        db.execute_batch(&drop_triggers(t.id))?;
+    }
+    Ok(())
+}
+
+/// Re-creates the capture triggers [`mute`] removed.
+pub fn unmute<D: Db>(db: &D, tables: &[Tracked]) -> Result<(), Error> {
+    for t in tables {
+        db.execute_batch(&trigger_ddl(&t.info, t.id))?;
+    }
+    Ok(())
+}
+
 fn drop_triggers(id: i64) -> String {
     ["bi", "bu", "ai", "au", "ak", "ad"]
         .iter()

@@ -255,10 +255,12 @@ impl Remote {
         limit: usize,
         wait: Duration,
     ) -> Result<Result<Page, Rejection>, TransportError> {
+        // Whole seconds, rounded up: a wait under a second must not become `wait=0`,
+        // which would turn a long-poll loop into a busy one.
+        let secs = wait.as_millis().div_ceil(1000);
         let url = format!(
-            "{}?after={after}&limit={limit}&wait={}",
-            self.url("/commits"),
-            wait.as_secs()
+            "{}?after={after}&limit={limit}&wait={secs}",
+            self.url("/commits")
         );
         let (_, answer) = self.get(&url)?;
         match answer {

@@ -656,3 +656,67 @@ fn a_long_queue_on_a_fast_forward_table_goes_out_in_one_sync() {
     b.sync();
     assert_eq!(a.dump("notes"), b.dump("notes"));
 }
+
+#[test]
+fn a_large_page_is_applied_with_capture_off_and_capture_comes_back() {
+    let dir = scratch("large-page");
+    let w = witness(&dir);
+    let a = Device::on(&w, &dir, "a", DDL, &["notes"], "g");
+    let b = Device::on(&w, &dir, "b", DDL, &["notes"], "g");
+    let triggers = |d: &Device| {
+        d.rows("SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' ORDER BY name")
+    };
+    let before = triggers(&b);
+    assert_eq!(before.len(), 6);
+    // Over 64 KiB of changesets in one page: the triggers are dropped for the pull.
+    let body = "x".repeat(200);
+    a.sql(&format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000) \
+         INSERT INTO notes SELECT i, '{body}', NULL FROM n"
+    ));
+    a.commit().unwrap();
+    a.sync();
+    // B has a queued commit and an uncommitted edit, both on rows A also wrote.
+    b.sql("INSERT INTO notes VALUES (5, 'b queued', NULL)");
+    b.commit().unwrap();
+    b.sql("INSERT INTO notes VALUES (2000, 'b uncommitted', NULL); INSERT INTO notes VALUES (7, 'b uncommitted too', NULL)");
+    let s = b.sync();
+    assert_eq!(
+        (s["pulled"].as_u64(), s["pushed"].as_u64()),
+        (Some(2), Some(1)),
+        "{s}"
+    );
+    assert_eq!(
+        triggers(&b),
+        before,
+        "the capture triggers are back, unchanged"
+    );
+    // Column-merge on insert/insert: B's `a` wins on rows 5 and 7, both keep A's NULL `b`.
+    assert_eq!(
+        b.rows("SELECT id, a FROM notes WHERE id IN (5, 7, 2000) ORDER BY id"),
+        vec![
+            vec![Value::Integer(5), text("b queued")],
+            vec![Value::Integer(7), text("b uncommitted too")],
+            vec![Value::Integer(2000), text("b uncommitted")],
+        ]
+    );
+    let pending = b.rows("SELECT op, pk FROM pdb_changeset_rows(pdb_changeset())");
+    assert_eq!(
+        pending,
+        vec![
+            vec![text("UPDATE"), text("[7]")],
+            vec![text("INSERT"), text("[2000]")]
+        ]
+    );
+    // And capture works as before for the next write.
+    b.sql("UPDATE notes SET b = 'later' WHERE id = 1");
+    assert_eq!(
+        b.rows("SELECT count(*) FROM pdb_changeset_rows(pdb_changeset())"),
+        vec![vec![Value::Integer(3)]]
+    );
+    b.commit().unwrap();
+    b.sync();
+    a.sync();
+    assert_eq!(a.dump("notes"), b.dump("notes"));
+    assert_eq!(a.json("SELECT pdb_verify()")["state"], "ok");
+}

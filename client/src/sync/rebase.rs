@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::apply::{apply_guarded, OnConflict};
 use crate::capture::{self, Tracked};
 use crate::cert::{hex, Certificate, Hash};
-use crate::changeset::{self, TableHeader};
+use crate::changeset::{self, Op, TableHeader};
 use crate::db::{transaction, Db, Stmt};
 use crate::rows::{
     key_bytes, key_columns, key_of, key_to_json, row_to_json, same_row, ChangesetBuilder, Row, Rows,
@@ -33,6 +33,10 @@ use crate::sync::strategy::{self, Strategy};
 use crate::transport::Pulled;
 use crate::value::{decode_field, Value, ValueRef};
 use crate::Error;
+
+/// Changeset bytes in a page above which the capture triggers are dropped for its
+/// transaction instead of muted.
+const MUTE_ABOVE: usize = 64 << 10;
 
 /// What one integration did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +64,17 @@ struct Step {
     queued: Option<Queued>,
     rows: Vec<StepRow>,
 }
+
+/// A row a changeset names: its table, its key as written, and its kinds of change.
+struct Touched {
+    table: usize,
+    key: Vec<Value>,
+    ops: u8,
+}
+
+const INSERTS: u8 = 1;
+const UPDATES: u8 = 2;
+const DELETES: u8 = 4;
 
 /// A row a step touched: its table (index into the tracked tables), key, B and L.
 struct StepRow {
@@ -106,6 +121,15 @@ pub fn integrate<D: Db>(
         // Emptied before the undo, so the apply does not carry saved images forward: the
         // redo captures the uncommitted edits afresh.
         capture::clear(db, &tables)?;
+        // A large page is applied without the capture triggers at all (back before the
+        // uncommitted edits are redone, and before the commit): they are muted anyway,
+        // but cost a compile per statement and a WHEN per row. A small one keeps them,
+        // as re-creating them costs more than it saves.
+        let bytes: usize = commits.iter().map(|p| p.changeset.len()).sum();
+        let mut muted = bytes > MUTE_ABOVE;
+        if muted {
+            capture::mute(db, &tables)?;
+        }
 
         let mut steps: Vec<Step> = Vec::new();
         if !uncommitted.is_empty() {
@@ -155,12 +179,19 @@ pub fn integrate<D: Db>(
             }
             if step.queued.is_none() {
                 // Uncommitted edits are redone as the application's own writes.
+                if muted {
+                    capture::unmute(db, &tables)?;
+                    muted = false;
+                }
                 db.execute_batch("DELETE FROM pdb_apply_guard")?;
             }
             let changeset = rebase.redo(step, seq)?;
             if let Some(q) = &step.queued {
                 requeue(db, q, &changeset, (seq, &head))?;
             }
+        }
+        if muted {
+            capture::unmute(db, &tables)?;
         }
         db.execute_batch("DELETE FROM pdb_apply_guard")?;
         config::set_head(db, seq, &head, &state)?;
@@ -321,9 +352,9 @@ impl<'d, D: Db + 'd> Rebase<'d, '_, D> {
         Ok(i)
     }
 
-    /// The distinct rows a changeset names: (table, key as written).
-    fn touched(&self, changeset: &[u8], what: &str) -> Result<Vec<(usize, Vec<Value>)>, Error> {
-        let mut out: BTreeMap<(usize, Vec<u8>), Vec<Value>> = BTreeMap::new();
+    /// The distinct rows a changeset names, with what it does to each.
+    fn touched(&self, changeset: &[u8], what: &str) -> Result<Vec<Touched>, Error> {
+        let mut out: BTreeMap<(usize, Vec<u8>), Touched> = BTreeMap::new();
         for (header, changes) in changeset::parse(changeset)? {
             let t = self.table(&header, what)?;
             let cols = key_columns(&self.tables[t].info);
@@ -338,17 +369,28 @@ impl<'d, D: Db + 'd> Rebase<'d, '_, D> {
                         header.name
                     ))
                 })?;
-                out.insert((t, key_bytes(&key)), key);
+                let op = match c.op {
+                    Op::Insert => INSERTS,
+                    Op::Update => UPDATES,
+                    Op::Delete => DELETES,
+                };
+                out.entry((t, key_bytes(&key)))
+                    .or_insert(Touched {
+                        table: t,
+                        key,
+                        ops: 0,
+                    })
+                    .ops |= op;
             }
         }
-        Ok(out.into_iter().map(|((t, _), k)| (t, k)).collect())
+        Ok(out.into_values().collect())
     }
 
     /// Undoes one local step; returns its rows with their images before and after it.
     fn undo(&mut self, changeset: &[u8], what: &str) -> Result<Vec<StepRow>, Error> {
         let touched = self.touched(changeset, what)?;
         let mut rows = Vec::with_capacity(touched.len());
-        for (table, key) in touched {
+        for Touched { table, key, .. } in touched {
             let local = self.rows(table).get(&key)?;
             rows.push(StepRow {
                 table,
@@ -379,11 +421,13 @@ impl<'d, D: Db + 'd> Rebase<'d, '_, D> {
         let seq = p.cert.seq;
         let what = format!("commit {seq}");
         let touched = self.touched(&p.changeset, &what)?;
+        // A row only inserted did not exist before (the apply aborts otherwise), and a
+        // row only deleted does not exist after: those reads are skipped.
         let mut before: BTreeMap<(usize, Vec<u8>), Row> = BTreeMap::new();
-        for (t, key) in &touched {
-            if let Some(row) = self.rows(*t).get(key)? {
-                let stored = key_bytes(&key_of(&self.tables[*t].info, &row));
-                before.insert((*t, stored), row);
+        for t in touched.iter().filter(|t| t.ops != INSERTS) {
+            if let Some(row) = self.rows(t.table).get(&t.key)? {
+                let stored = key_bytes(&key_of(&self.tables[t.table].info, &row));
+                before.insert((t.table, stored), row);
             }
         }
         apply_guarded(self.db, &p.changeset, OnConflict::Abort).map_err(|e| {
@@ -393,10 +437,10 @@ impl<'d, D: Db + 'd> Rebase<'d, '_, D> {
             ))
         })?;
         let mut after: BTreeMap<(usize, Vec<u8>), Row> = BTreeMap::new();
-        for (t, key) in &touched {
-            if let Some(row) = self.rows(*t).get(key)? {
-                let stored = key_bytes(&key_of(&self.tables[*t].info, &row));
-                after.insert((*t, stored), row);
+        for t in touched.iter().filter(|t| t.ops != DELETES) {
+            if let Some(row) = self.rows(t.table).get(&t.key)? {
+                let stored = key_bytes(&key_of(&self.tables[t.table].info, &row));
+                after.insert((t.table, stored), row);
             }
         }
         for ((t, _), row) in &before {
