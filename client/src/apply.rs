@@ -110,28 +110,73 @@ impl ConflictKind {
     }
 }
 
+/// A parsed changeset: its table groups in order.
+pub(crate) type Groups<'a> = [(TableHeader<'a>, Vec<Change<'a>>)];
+
+/// Applies many changesets, in order, for a caller that holds the transaction and the
+/// apply guard and has no saved images to carry forward (a rebase): table descriptions
+/// and statements are read and prepared once for all of them, not per changeset. A
+/// failed changeset leaves its partial writes to the caller's rollback.
+pub(crate) struct Applier<'d, D: Db + 'd> {
+    db: &'d D,
+    fk_on: bool,
+    /// By table name and the changeset's column count (a header may have fewer).
+    tables: HashMap<(String, usize), TableApply<'d, D>>,
+    _restore: Option<RestoreDefer<'d, D>>,
+}
+
+impl<'d, D: Db + 'd> Applier<'d, D> {
+    /// An applier on `db`.
+    pub(crate) fn new(db: &'d D) -> Result<Self, Error> {
+        let fk_on = matches!(
+            db.query_value("PRAGMA foreign_keys", &[])?,
+            Some(Value::Integer(1))
+        );
+        let defer = fk_on
+            && !matches!(
+                db.query_value("PRAGMA defer_foreign_keys", &[])?,
+                Some(Value::Integer(1))
+            );
+        if defer {
+            db.execute_batch("PRAGMA defer_foreign_keys = ON")?;
+        }
+        Ok(Applier {
+            db,
+            fk_on,
+            tables: HashMap::new(),
+            _restore: defer.then_some(RestoreDefer { db }),
+        })
+    }
+
+    /// Applies one parsed changeset under `policy`.
+    pub(crate) fn apply(
+        &mut self,
+        groups: &Groups<'_>,
+        policy: OnConflict,
+    ) -> Result<ApplyStats, Error> {
+        let mut stats = ApplyStats::default();
+        for (header, changes) in groups {
+            let key = (header.name.to_string(), header.n_col());
+            let table = match self.tables.entry(key) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let info = table_info(self.db, header.name)
+                        .map_err(|err| not_a_target(header, err))?;
+                    e.insert(TableApply::new(self.db, info, header, None)?)
+                }
+            };
+            check_fit(&table.info, header)?;
+            table.run(changes, policy, &mut stats)?;
+        }
+        if self.fk_on {
+            check_foreign_keys(self.db, policy, &mut stats)?;
+        }
+        Ok(stats)
+    }
+}
+
 /// Applies `changeset` to `db` under `policy`, atomically: on error nothing changes.
 pub fn apply<D: Db>(db: &D, changeset: &[u8], policy: OnConflict) -> Result<ApplyStats, Error> {
-    let guard = capture::has_schema(db)?;
-    apply_with(db, changeset, policy, guard)
-}
-
-/// [`apply`] for a caller that holds the apply guard itself (a rebase, which applies
-/// several changesets in one transaction with capture muted throughout).
-pub(crate) fn apply_guarded<D: Db>(
-    db: &D,
-    changeset: &[u8],
-    policy: OnConflict,
-) -> Result<ApplyStats, Error> {
-    apply_with(db, changeset, policy, false)
-}
-
-fn apply_with<D: Db>(
-    db: &D,
-    changeset: &[u8],
-    policy: OnConflict,
-    set_guard: bool,
-) -> Result<ApplyStats, Error> {
     // Read everything before writing anything, so a malformed tail changes nothing.
     let groups = changeset::parse(changeset)?;
     let has_schema = capture::has_schema(db)?;
@@ -157,7 +202,7 @@ fn apply_with<D: Db>(
     // in autocommit mode the end of the transaction would reset it anyway.
     let _restore = defer_fk.then_some(RestoreDefer { db });
     transaction(db, "pdb_apply", || {
-        if set_guard {
+        if has_schema {
             db.execute_batch("INSERT OR REPLACE INTO pdb_apply_guard(active) VALUES (1)")?;
         }
         if defer_fk {
@@ -176,13 +221,14 @@ fn apply_with<D: Db>(
             // Every header is checked, not just the first for a name: a changeset may
             // name the same table again with another shape.
             check_fit(info, header)?;
-            let mut table = TableApply::new(db, info, header, shadows.get(&info.name).copied())?;
+            let mut table =
+                TableApply::new(db, info.clone(), header, shadows.get(&info.name).copied())?;
             table.run(changes, policy, &mut stats)?;
         }
         if fk_on {
             check_foreign_keys(db, policy, &mut stats)?;
         }
-        if set_guard {
+        if has_schema {
             db.execute_batch("DELETE FROM pdb_apply_guard")?;
         }
         Ok(stats)
@@ -247,9 +293,9 @@ fn check_fit(info: &TableInfo, header: &TableHeader<'_>) -> Result<(), Error> {
 }
 
 /// Prepared statements and state for applying one table group.
-struct TableApply<'d, 'i, D: Db + 'd> {
+struct TableApply<'d, D: Db + 'd> {
     db: &'d D,
-    info: &'i TableInfo,
+    info: TableInfo,
     n: usize,
     pk: Vec<usize>,
     /// Shadow table id when the table is tracked and has uncommitted changes.
@@ -284,10 +330,10 @@ enum Shape {
     ShadowForward { op: Op, cols: Vec<usize> },
 }
 
-impl<'d, 'i, D: Db + 'd> TableApply<'d, 'i, D> {
+impl<'d, D: Db + 'd> TableApply<'d, D> {
     fn new(
         db: &'d D,
-        info: &'i TableInfo,
+        info: TableInfo,
         header: &TableHeader<'_>,
         shadow: Option<i64>,
     ) -> Result<Self, Error> {
@@ -320,7 +366,7 @@ impl<'d, 'i, D: Db + 'd> TableApply<'d, 'i, D> {
         let stmt = match self.stmts.entry(shape) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                let sql = sql_for(e.key(), self.info, &self.pk, self.n, self.shadow);
+                let sql = sql_for(e.key(), &self.info, &self.pk, self.n, self.shadow);
                 e.insert(db.prepare(&sql)?)
             }
         };

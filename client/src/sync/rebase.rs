@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::apply::{apply_guarded, OnConflict};
+use crate::apply::{Applier, Groups, OnConflict};
 use crate::capture::{self, Tracked};
 use crate::cert::{hex, Certificate, Hash};
 use crate::changeset::{self, Op, TableHeader};
@@ -112,6 +112,7 @@ pub fn integrate<D: Db>(
                 .map(|(i, t)| (t.info.name.clone(), i))
                 .collect(),
             rows: HashMap::new(),
+            applier: Applier::new(db)?,
             strategies,
             conflicts: 0,
         };
@@ -318,6 +319,7 @@ struct Rebase<'d, 't, D: Db + 'd> {
     tables: &'t [Tracked],
     by_name: HashMap<String, usize>,
     rows: HashMap<usize, Rows<'d, D>>,
+    applier: Applier<'d, D>,
     strategies: HashMap<String, Strategy>,
     conflicts: usize,
 }
@@ -353,12 +355,12 @@ impl<'d, D: Db + 'd> Rebase<'d, '_, D> {
     }
 
     /// The distinct rows a changeset names, with what it does to each.
-    fn touched(&self, changeset: &[u8], what: &str) -> Result<Vec<Touched>, Error> {
+    fn touched(&self, groups: &Groups<'_>, what: &str) -> Result<Vec<Touched>, Error> {
         let mut out: BTreeMap<(usize, Vec<u8>), Touched> = BTreeMap::new();
-        for (header, changes) in changeset::parse(changeset)? {
-            let t = self.table(&header, what)?;
+        for (header, changes) in groups {
+            let t = self.table(header, what)?;
             let cols = key_columns(&self.tables[t].info);
-            for c in &changes {
+            for c in changes {
                 let key: Option<Vec<Value>> = cols
                     .iter()
                     .map(|&i| decode_field(c.key_record()[i]).map(ValueRef::to_owned))
@@ -388,7 +390,7 @@ impl<'d, D: Db + 'd> Rebase<'d, '_, D> {
 
     /// Undoes one local step; returns its rows with their images before and after it.
     fn undo(&mut self, changeset: &[u8], what: &str) -> Result<Vec<StepRow>, Error> {
-        let touched = self.touched(changeset, what)?;
+        let touched = self.touched(&changeset::parse(changeset)?, what)?;
         let mut rows = Vec::with_capacity(touched.len());
         for Touched { table, key, .. } in touched {
             let local = self.rows(table).get(&key)?;
@@ -400,7 +402,8 @@ impl<'d, D: Db + 'd> Rebase<'d, '_, D> {
             });
         }
         let inverse = changeset::invert(changeset)?;
-        apply_guarded(self.db, &inverse, OnConflict::Abort).map_err(|e| {
+        let groups = changeset::parse(&inverse)?;
+        self.applier.apply(&groups, OnConflict::Abort).map_err(|e| {
             Error::Diverged(format!(
                 "{what} cannot be taken back to rebase it (the tables no longer hold what it wrote): {e}"
             ))
@@ -420,7 +423,8 @@ impl<'d, D: Db + 'd> Rebase<'d, '_, D> {
     fn apply_remote(&mut self, p: &Pulled, state: &mut StateVector) -> Result<(), Error> {
         let seq = p.cert.seq;
         let what = format!("commit {seq}");
-        let touched = self.touched(&p.changeset, &what)?;
+        let groups = changeset::parse(&p.changeset)?;
+        let touched = self.touched(&groups, &what)?;
         // A row only inserted did not exist before (the apply aborts otherwise), and a
         // row only deleted does not exist after: those reads are skipped.
         let mut before: BTreeMap<(usize, Vec<u8>), Row> = BTreeMap::new();
@@ -430,12 +434,14 @@ impl<'d, D: Db + 'd> Rebase<'d, '_, D> {
                 before.insert((t.table, stored), row);
             }
         }
-        apply_guarded(self.db, &p.changeset, OnConflict::Abort).map_err(|e| {
-            Error::Diverged(format!(
-                "commit {seq} does not apply to this device's copy of head {}: {e}",
-                seq - 1
-            ))
-        })?;
+        self.applier
+            .apply(&groups, OnConflict::Abort)
+            .map_err(|e| {
+                Error::Diverged(format!(
+                    "commit {seq} does not apply to this device's copy of head {}: {e}",
+                    seq - 1
+                ))
+            })?;
         let mut after: BTreeMap<(usize, Vec<u8>), Row> = BTreeMap::new();
         for t in touched.iter().filter(|t| t.ops != DELETES) {
             if let Some(row) = self.rows(t.table).get(&t.key)? {
