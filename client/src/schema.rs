@@ -282,3 +282,51 @@ pub fn display_value(v: &Value) -> String {
     crate::changeset::value_json(&mut s, v.as_ref());
     s
 }
+
+/// A column's type affinity (SQLite's "Determination Of Column Affinity").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Affinity {
+    /// INTEGER.
+    Integer,
+    /// TEXT.
+    Text,
+    /// BLOB (none).
+    Blob,
+    /// REAL.
+    Real,
+    /// NUMERIC.
+    Numeric,
+}
+
+/// The affinity of a declared type (SQLite's rules, in order).
+pub fn affinity(decl: &str) -> Affinity {
+    let t = decl.to_ascii_uppercase();
+    if t.contains("INT") {
+        Affinity::Integer
+    } else if t.contains("CHAR") || t.contains("CLOB") || t.contains("TEXT") {
+        Affinity::Text
+    } else if t.contains("BLOB") || t.is_empty() {
+        Affinity::Blob
+    } else if t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB") {
+        Affinity::Real
+    } else {
+        Affinity::Numeric
+    }
+}
+
+/// Whether storing `v` in a column of affinity `a` keeps it exactly (type and bits).
+/// Conservative: `false` only costs a read of the row after the apply.
+pub fn kept_as_is(a: Affinity, v: &Value) -> bool {
+    match v {
+        Value::Null | Value::Blob(_) => true,
+        Value::Integer(_) => matches!(a, Affinity::Integer | Affinity::Numeric | Affinity::Blob),
+        Value::Text(_) => matches!(a, Affinity::Text | Affinity::Blob),
+        // NaN is stored as NULL, and integral reals may be stored as integers (which
+        // loses the sign of -0.0).
+        Value::Real(r) => {
+            matches!(a, Affinity::Real | Affinity::Blob)
+                && r.is_finite()
+                && (*r != 0.0 || r.is_sign_positive())
+        }
+    }
+}

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use pdb_client::cert::Hash;
 use pdb_client::changeset::{self, Op};
 use pdb_client::db::rusqlite_impl::{from_rusqlite, to_rusqlite};
-use pdb_client::schema::{self, quote, TableInfo};
+use pdb_client::schema::{self, affinity, kept_as_is, quote, Affinity, TableInfo};
 use pdb_client::state::StateVector;
 use pdb_client::value::{decode_field, Value};
 use rusqlite::session::{ConflictAction, ConflictType};
@@ -64,48 +64,6 @@ struct TouchedRow {
     /// change to its table is an INSERT (so no other change can reach this row under
     /// another spelling of its key) and no value is changed by its column's affinity.
     stored: Option<Vec<Value>>,
-}
-
-/// A column's type affinity (SQLite's "Determination Of Column Affinity").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Affinity {
-    Integer,
-    Text,
-    Blob,
-    Real,
-    Numeric,
-}
-
-fn affinity(decl: &str) -> Affinity {
-    let t = decl.to_ascii_uppercase();
-    if t.contains("INT") {
-        Affinity::Integer
-    } else if t.contains("CHAR") || t.contains("CLOB") || t.contains("TEXT") {
-        Affinity::Text
-    } else if t.contains("BLOB") || t.is_empty() {
-        Affinity::Blob
-    } else if t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB") {
-        Affinity::Real
-    } else {
-        Affinity::Numeric
-    }
-}
-
-/// Whether storing `v` in a column of affinity `a` keeps it exactly (type and bits).
-/// Conservative: `false` only costs a read of the row after the apply.
-fn kept_as_is(a: Affinity, v: &Value) -> bool {
-    match v {
-        Value::Null | Value::Blob(_) => true,
-        Value::Integer(_) => matches!(a, Affinity::Integer | Affinity::Numeric | Affinity::Blob),
-        Value::Text(_) => matches!(a, Affinity::Text | Affinity::Blob),
-        // NaN is stored as NULL, and integral reals may be stored as integers (which
-        // loses the sign of -0.0).
-        Value::Real(r) => {
-            matches!(a, Affinity::Real | Affinity::Blob)
-                && r.is_finite()
-                && (*r != 0.0 || r.is_sign_positive())
-        }
-    }
 }
 
 struct Table {

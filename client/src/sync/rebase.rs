@@ -27,6 +27,7 @@ use crate::db::{transaction, Db, Stmt};
 use crate::rows::{
     key_bytes, key_columns, key_of, key_to_json, row_to_json, same_row, ChangesetBuilder, Row, Rows,
 };
+use crate::schema::{affinity, kept_as_is, Affinity};
 use crate::state::StateVector;
 use crate::sync::config::{self, Config};
 use crate::sync::strategy::{self, Strategy};
@@ -70,6 +71,10 @@ struct Touched {
     table: usize,
     key: Vec<Value>,
     ops: u8,
+    /// How many changes name it (under this spelling of its key).
+    changes: u32,
+    /// The last change's new record: a value per column, `None` where undefined.
+    new: Vec<Option<Value>>,
 }
 
 const INSERTS: u8 = 1;
@@ -112,6 +117,16 @@ pub fn integrate<D: Db>(
                 .map(|(i, t)| (t.info.name.clone(), i))
                 .collect(),
             rows: HashMap::new(),
+            affinities: tables
+                .iter()
+                .map(|t| {
+                    t.info
+                        .columns
+                        .iter()
+                        .map(|c| affinity(&c.decl_type))
+                        .collect()
+                })
+                .collect(),
             applier: Applier::new(db)?,
             strategies,
             conflicts: 0,
@@ -319,6 +334,8 @@ struct Rebase<'d, 't, D: Db + 'd> {
     tables: &'t [Tracked],
     by_name: HashMap<String, usize>,
     rows: HashMap<usize, Rows<'d, D>>,
+    /// Each tracked table's column affinities.
+    affinities: Vec<Vec<Affinity>>,
     applier: Applier<'d, D>,
     strategies: HashMap<String, Strategy>,
     conflicts: usize,
@@ -376,13 +393,20 @@ impl<'d, D: Db + 'd> Rebase<'d, '_, D> {
                     Op::Update => UPDATES,
                     Op::Delete => DELETES,
                 };
-                out.entry((t, key_bytes(&key)))
-                    .or_insert(Touched {
-                        table: t,
-                        key,
-                        ops: 0,
-                    })
-                    .ops |= op;
+                let entry = out.entry((t, key_bytes(&key))).or_insert(Touched {
+                    table: t,
+                    key,
+                    ops: 0,
+                    changes: 0,
+                    new: Vec::new(),
+                });
+                entry.ops |= op;
+                entry.changes += 1;
+                entry.new = c
+                    .new
+                    .iter()
+                    .map(|f| decode_field(f).map(ValueRef::to_owned))
+                    .collect();
             }
         }
         Ok(out.into_values().collect())
@@ -428,9 +452,14 @@ impl<'d, D: Db + 'd> Rebase<'d, '_, D> {
         // A row only inserted did not exist before (the apply aborts otherwise), and a
         // row only deleted does not exist after: those reads are skipped.
         let mut before: BTreeMap<(usize, Vec<u8>), Row> = BTreeMap::new();
-        for t in touched.iter().filter(|t| t.ops != INSERTS) {
+        let mut before_of: Vec<Option<Vec<u8>>> = vec![None; touched.len()];
+        for (i, t) in touched.iter().enumerate() {
+            if t.ops == INSERTS {
+                continue;
+            }
             if let Some(row) = self.rows(t.table).get(&t.key)? {
                 let stored = key_bytes(&key_of(&self.tables[t.table].info, &row));
+                before_of[i] = Some(stored.clone());
                 before.insert((t.table, stored), row);
             }
         }
@@ -442,9 +471,53 @@ impl<'d, D: Db + 'd> Rebase<'d, '_, D> {
                     seq - 1
                 ))
             })?;
+        // Tables where every change is an INSERT: no other change can reach one of their
+        // rows under another spelling of its key.
+        let mut only_inserts: HashMap<usize, bool> = HashMap::new();
+        for t in &touched {
+            *only_inserts.entry(t.table).or_insert(true) &= t.ops == INSERTS;
+        }
         let mut after: BTreeMap<(usize, Vec<u8>), Row> = BTreeMap::new();
-        for t in touched.iter().filter(|t| t.ops != DELETES) {
-            if let Some(row) = self.rows(t.table).get(&t.key)? {
+        for (i, t) in touched.iter().enumerate() {
+            if t.ops == DELETES {
+                continue;
+            }
+            // The row as stored, known without reading it when the change wrote every
+            // value as its column keeps it; otherwise read back.
+            let info = &self.tables[t.table].info;
+            let affinities = &self.affinities[t.table];
+            let kept = |c: usize, v: &Option<Value>| match v {
+                None => true,
+                Some(v) => kept_as_is(affinities[c], v),
+            };
+            let known: Option<Row> = if t.changes != 1 || t.new.len() != info.columns.len() {
+                None
+            } else if t.ops == INSERTS && only_inserts[&t.table] {
+                t.new
+                    .iter()
+                    .enumerate()
+                    .map(|(c, v)| v.clone().filter(|v| kept_as_is(affinities[c], v)))
+                    .collect()
+            } else if t.ops == UPDATES && t.new.iter().enumerate().all(|(c, v)| kept(c, v)) {
+                let unique = before_of[i]
+                    .as_ref()
+                    .filter(|k| before_of.iter().filter(|o| o.as_ref() == Some(*k)).count() == 1);
+                unique
+                    .and_then(|k| before.get(&(t.table, k.clone())))
+                    .map(|old| {
+                        old.iter()
+                            .zip(&t.new)
+                            .map(|(o, n)| n.clone().unwrap_or_else(|| o.clone()))
+                            .collect()
+                    })
+            } else {
+                None
+            };
+            let row = match known {
+                Some(row) => Some(row),
+                None => self.rows(t.table).get(&t.key)?,
+            };
+            if let Some(row) = row {
                 let stored = key_bytes(&key_of(&self.tables[t.table].info, &row));
                 after.insert((t.table, stored), row);
             }
