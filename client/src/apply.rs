@@ -128,10 +128,7 @@ pub(crate) struct Applier<'d, D: Db + 'd> {
 impl<'d, D: Db + 'd> Applier<'d, D> {
     /// An applier on `db`.
     pub(crate) fn new(db: &'d D) -> Result<Self, Error> {
-        let fk_on = matches!(
-            db.query_value("PRAGMA foreign_keys", &[])?,
-            Some(Value::Integer(1))
-        );
+        let fk_on = foreign_keys_enforced(db)?;
         let defer = fk_on
             && !matches!(
                 db.query_value("PRAGMA defer_foreign_keys", &[])?,
@@ -185,10 +182,7 @@ pub fn apply<D: Db>(db: &D, changeset: &[u8], policy: OnConflict) -> Result<Appl
     } else {
         HashMap::new()
     };
-    let fk_on = matches!(
-        db.query_value("PRAGMA foreign_keys", &[])?,
-        Some(Value::Integer(1))
-    );
+    let fk_on = foreign_keys_enforced(db)?;
     // Deferring matters only when foreign keys are enforced, and setting the pragma
     // expires every prepared statement of the connection (the application's too), so
     // it is left alone otherwise, and when it is already on.
@@ -753,6 +747,25 @@ fn defined(f: &[u8]) -> bool {
 /// A defined field's value (the parser guarantees it decodes).
 fn field<'a>(f: &'a [u8]) -> ValueRef<'a> {
     decode_field(f).unwrap_or(ValueRef::Null)
+}
+
+/// Whether foreign keys are enforced on this connection and any table declares one:
+/// only then is there anything to defer or check (rusqlite's bundled SQLite, for one,
+/// turns enforcement on by default, schema or not).
+fn foreign_keys_enforced<D: Db>(db: &D) -> Result<bool, Error> {
+    if !matches!(
+        db.query_value("PRAGMA foreign_keys", &[])?,
+        Some(Value::Integer(1))
+    ) {
+        return Ok(false);
+    }
+    Ok(db
+        .query_value(
+            "SELECT 1 FROM main.sqlite_schema AS s, pragma_foreign_key_list(s.name) AS f \
+             WHERE s.type = 'table' LIMIT 1",
+            &[],
+        )?
+        .is_some())
 }
 
 fn check_foreign_keys<D: Db>(
