@@ -80,6 +80,15 @@ impl<'a> ValueRef<'a> {
 }
 
 impl ValueRef<'_> {
+    /// The same value exactly: storage class and bits (REAL by its bit pattern, so
+    /// -0.0 is not 0.0), as the record encoding and the state digest see it.
+    pub fn identical(self, other: ValueRef<'_>) -> bool {
+        match (self, other) {
+            (ValueRef::Real(x), ValueRef::Real(y)) => x.to_bits() == y.to_bits(),
+            _ => self.same(other),
+        }
+    }
+
     /// Equality as the session extension decides "changed": same storage class and
     /// equal value (REAL compared as doubles, TEXT and BLOB byte-wise).
     pub fn same(self, other: ValueRef<'_>) -> bool {

@@ -489,14 +489,22 @@ impl Replica {
                 after.insert(self.identity(r.table, &row), (r.table, row));
             }
         }
+        // Unchanged rows cancel out; "unchanged" is bit for bit, as the state digest
+        // reads values: -0.0 replacing 0.0 is a change there, though the two compare equal.
+        let identical = |a: &[Value], b: &[Value]| {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(x, y)| x.as_ref().identical(y.as_ref()))
+        };
         for (id, (t, old)) in &before {
-            if after.get(id).map(|(_, new)| new) != Some(old) {
+            if !after.get(id).is_some_and(|(_, new)| identical(new, old)) {
                 let vals: Vec<_> = old.iter().map(Value::as_ref).collect();
                 state.remove_row(&self.tables[*t].info.name, &vals);
             }
         }
         for (id, (t, new)) in &after {
-            if before.get(id).map(|(_, old)| old) != Some(new) {
+            if !before.get(id).is_some_and(|(_, old)| identical(old, new)) {
                 let vals: Vec<_> = new.iter().map(Value::as_ref).collect();
                 state.add_row(&self.tables[*t].info.name, &vals);
             }

@@ -720,3 +720,55 @@ fn a_large_page_is_applied_with_capture_off_and_capture_comes_back() {
     assert_eq!(a.dump("notes"), b.dump("notes"));
     assert_eq!(a.json("SELECT pdb_verify()")["state"], "ok");
 }
+
+/// Found by the `pulled_history` fuzz target: a remote change from 0.0 to -0.0 (equal as
+/// numbers, different as stored values) under a local edit of another column of the
+/// row. Redo once wrote the local row back whole, turning -0.0 into 0.0 unrecorded, and
+/// every later pull then failed its state check. Writing this test showed the witness
+/// too counted such a row as unchanged in the state digest, so no device could ever
+/// apply that commit.
+#[test]
+fn a_remote_negative_zero_survives_a_local_edit_of_another_column() {
+    const M: &str = "CREATE TABLE m(id INTEGER PRIMARY KEY, a TEXT, b)";
+    let dir = scratch("negative-zero");
+    let w = WitnessProc::start(&dir.join("witness"));
+    assert_eq!(w.admin_client().create_group("g", M).status, 201);
+    let a = Device::on(&w, &dir, "a", M, &["m"], "g");
+    let b = Device::on(&w, &dir, "b", M, &["m"], "g");
+    a.sql("INSERT INTO m VALUES (1, 'one', 0.0)");
+    a.commit().unwrap();
+    a.sync();
+    b.sync();
+    // Capture, like the session extension, sees no change from 0.0 to -0.0; another
+    // writer of changesets may send one: an UPDATE of `b` alone, made by hand.
+    let mut cs = vec![
+        b'T', 3, 1, 0, 0, b'm', 0, 23, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2,
+    ];
+    cs.extend_from_slice(&0.0f64.to_bits().to_be_bytes());
+    cs.extend_from_slice(&[0, 0, 2]);
+    cs.extend_from_slice(&(-0.0f64).to_bits().to_be_bytes());
+    let ((seq, head), schema) = w.admin_client().head("g");
+    let r = w.admin_client().commit(
+        "g",
+        &pdb_tests::witness::Commit {
+            changeset: &cs,
+            base_seq: seq,
+            base_head: head,
+            key: "negative-zero",
+            schema,
+            policy: None,
+        },
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    b.sql("UPDATE m SET a = 'uno' WHERE id = 1");
+    b.commit().unwrap();
+    b.sync();
+    a.sync();
+    let negative_zero = |d: &Device| matches!(d.value("SELECT b FROM m WHERE id = 1"), Value::Real(r) if r == 0.0 && r.is_sign_negative());
+    assert!(negative_zero(&b), "B kept the group's -0.0");
+    assert_eq!(b.value("SELECT a FROM m"), text("uno"));
+    assert_eq!(a.dump("m"), b.dump("m"));
+    for d in [&a, &b] {
+        assert_eq!(d.json("SELECT pdb_verify()")["state"], "ok");
+    }
+}
