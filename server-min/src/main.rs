@@ -201,6 +201,9 @@ fn serve(s: Serve) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listening on {}", s.listen))?;
         let addr = listener.local_addr()?;
+        // Handlers first: a SIGTERM that arrives right after "listening:" must still
+        // shut down gracefully, not kill the process with the signal's default action.
+        let stop = shutdown()?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "witness key: {}", hex(&witness.public_key()))?;
         if let Some(secret) = local_secret {
@@ -226,7 +229,7 @@ fn serve(s: Serve) -> anyhow::Result<()> {
         });
         let witness = app.witness.clone();
         axum::serve(listener, router(app))
-            .with_graceful_shutdown(shutdown())
+            .with_graceful_shutdown(stop)
             .await?;
         tokio::task::spawn_blocking(move || witness.flush()).await?;
         tracing::info!("pdb-witness stopped");
@@ -234,18 +237,16 @@ fn serve(s: Serve) -> anyhow::Result<()> {
     })
 }
 
-/// Resolves on SIGINT or SIGTERM; axum then finishes the requests in flight.
-async fn shutdown() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// Installs the SIGINT and SIGTERM handlers now and returns a future that resolves on
+/// either; axum then finishes the requests in flight.
+fn shutdown() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
+    })
 }
