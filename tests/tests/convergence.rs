@@ -90,6 +90,8 @@ const GROUP: &str = "sim";
 const DEAD_URL: &str = "http://127.0.0.1:9";
 /// Seeds of the default run.
 const DEFAULT_SEEDS: u64 = 200;
+/// A progress line after every this many seeds.
+const PROGRESS_EVERY: usize = 500;
 /// Random steps per seed (inclusive range).
 const STEPS: (usize, usize) = (60, 120);
 /// Devices per seed (inclusive range).
@@ -1125,6 +1127,7 @@ fn random_schedules_converge_without_losing_writes() {
     pdb_tests::witness::witness_bin();
     let root = std::env::temp_dir().join(format!("pdb-sim-{}", std::process::id()));
     let next = AtomicUsize::new(0);
+    let finished = AtomicUsize::new(0);
     let failures = Mutex::new(Vec::new());
     let stats = Mutex::new(Stats::default());
     let started = Instant::now();
@@ -1139,6 +1142,16 @@ fn random_schedules_converge_without_losing_writes() {
                         eprintln!("{e}");
                         failures.lock().unwrap().push((seed, e));
                     }
+                }
+                // Long runs report progress, so that an interrupted one still tells.
+                let done = finished.fetch_add(1, Ordering::SeqCst) + 1;
+                if done % PROGRESS_EVERY == 0 {
+                    eprintln!(
+                        "convergence: {done} of {} seeds done ({} failed) in {:.1?}",
+                        seeds.len(),
+                        failures.lock().unwrap().len(),
+                        started.elapsed()
+                    );
                 }
             });
         }
