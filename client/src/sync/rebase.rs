@@ -471,6 +471,12 @@ impl<'d, D: Db + 'd> Rebase<'d, '_, D> {
                     seq - 1
                 ))
             })?;
+        // How many touched rows each stored key was read for: counted once here rather
+        // than by a scan per row, which made a large commit quadratic.
+        let mut readers: HashMap<&[u8], usize> = HashMap::new();
+        for k in before_of.iter().flatten() {
+            *readers.entry(k.as_slice()).or_default() += 1;
+        }
         // Tables where every change is an INSERT: no other change can reach one of their
         // rows under another spelling of its key.
         let mut only_inserts: HashMap<usize, bool> = HashMap::new();
@@ -499,9 +505,7 @@ impl<'d, D: Db + 'd> Rebase<'d, '_, D> {
                     .map(|(c, v)| v.clone().filter(|v| kept_as_is(affinities[c], v)))
                     .collect()
             } else if t.ops == UPDATES && t.new.iter().enumerate().all(|(c, v)| kept(c, v)) {
-                let unique = before_of[i]
-                    .as_ref()
-                    .filter(|k| before_of.iter().filter(|o| o.as_ref() == Some(*k)).count() == 1);
+                let unique = before_of[i].as_ref().filter(|k| readers[k.as_slice()] == 1);
                 unique
                     .and_then(|k| before.get(&(t.table, k.clone())))
                     .map(|old| {
