@@ -50,6 +50,18 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Counts what a push did.
+    fn add_push(&mut self, p: &Pushed) {
+        self.pushed += p.pushed;
+        self.dead += p.dead;
+    }
+
+    /// Counts what a pull did.
+    fn add_pull(&mut self, r: &rebase::Integrated) {
+        self.pulled += r.pulled;
+        self.conflicts += r.conflicts;
+    }
+
     /// The JSON `pdb_sync()` returns.
     pub fn to_json(&self) -> String {
         json!({
@@ -347,14 +359,11 @@ pub fn push_now<D: Db>(db: &D) -> Result<Summary, Error> {
     run(db, |db, cfg, remote, sum| {
         for _ in 0..ROUNDS {
             let p = push(db, cfg, remote)?;
-            sum.pushed += p.pushed;
-            sum.dead += p.dead;
+            sum.add_push(&p);
             if !p.need_pull {
                 break;
             }
-            let r = pull(db, cfg, remote)?;
-            sum.pulled += r.pulled;
-            sum.conflicts += r.conflicts;
+            sum.add_pull(&pull(db, cfg, remote)?);
         }
         Ok(())
     })
@@ -363,9 +372,7 @@ pub fn push_now<D: Db>(db: &D) -> Result<Summary, Error> {
 /// `pdb_pull()`: applies what the group has that this device has not.
 pub fn pull_now<D: Db>(db: &D) -> Result<Summary, Error> {
     run(db, |db, cfg, remote, sum| {
-        let r = pull(db, cfg, remote)?;
-        sum.pulled += r.pulled;
-        sum.conflicts += r.conflicts;
+        sum.add_pull(&pull(db, cfg, remote)?);
         Ok(())
     })
 }
@@ -375,11 +382,8 @@ pub fn sync<D: Db>(db: &D) -> Result<Summary, Error> {
     run(db, |db, cfg, remote, sum| {
         for _ in 0..ROUNDS {
             let p = push(db, cfg, remote)?;
-            sum.pushed += p.pushed;
-            sum.dead += p.dead;
-            let r = pull(db, cfg, remote)?;
-            sum.pulled += r.pulled;
-            sum.conflicts += r.conflicts;
+            sum.add_push(&p);
+            sum.add_pull(&pull(db, cfg, remote)?);
             if unsent(db)? == 0 {
                 break;
             }
