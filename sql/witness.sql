@@ -28,3 +28,23 @@ CREATE TABLE IF NOT EXISTS commits (
   PRIMARY KEY (group_id, seq),
   UNIQUE (group_id, idempotency_key)
 ) STRICT;
+
+-- Snapshots (DESIGN §4): database images of a group's tables at a head, stored as
+-- DATA/objects/<blake3 hex>, described by a signed manifest. `kind` is why it was
+-- made: 'policy' (every N commits or M bytes), 'admin' (asked for), 'restore' (a past
+-- head someone asked for). Retention counts only 'policy' and 'admin' snapshots;
+-- commits older than the oldest retained one may be compacted away.
+CREATE TABLE IF NOT EXISTS snapshots (
+  group_id    INTEGER NOT NULL REFERENCES groups(id),
+  seq         INTEGER NOT NULL,
+  head        BLOB NOT NULL,
+  state       BLOB NOT NULL,
+  blake3      BLOB NOT NULL,        -- of the file; its object name
+  size        INTEGER NOT NULL,
+  schema_hash BLOB NOT NULL,
+  signature   BLOB NOT NULL,        -- Ed25519 over the manifest message
+  kind        TEXT NOT NULL,
+  created_at  INTEGER NOT NULL,     -- unix ms
+  PRIMARY KEY (group_id, seq)
+) STRICT;
+CREATE INDEX IF NOT EXISTS snapshots_by_object ON snapshots(blake3);

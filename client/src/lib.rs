@@ -13,6 +13,7 @@
 //! - [`history`]: checking pulled certificates as a chain, and the local state digest.
 //! - [`transport`]: the witness's HTTP API from a device's side.
 //! - [`sync`]: `pdb_open`, push, pull, rebase with conflict strategies, status.
+//! - [`snapshot`]: signed snapshot manifests (DESIGN §4).
 //! - [`rows`]: whole rows by key, as rebase compares, records and writes them.
 #![forbid(unsafe_code)]
 
@@ -26,6 +27,7 @@ pub mod history;
 pub mod queue;
 pub mod rows;
 pub mod schema;
+pub mod snapshot;
 pub mod state;
 pub mod sync;
 pub mod transport;

@@ -128,6 +128,8 @@ pub struct Env {
     pub key: Arc<SigningKey>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Where the snapshot policy sends its requests.
+    pub snapshots: Arc<crate::snapshot::Snapshots>,
 }
 
 /// Catches the replica up with the history and starts the group's sequencer thread.
@@ -154,9 +156,26 @@ pub fn start(id: i64, name: &str, ddl: &str, replica: Replica, env: Env) -> Resu
         },
         recent: VecDeque::new(),
         open_batches: 0,
+        since_snapshot: (0, 0),
         env,
     };
     seq.catch_up()?;
+    // What the history grew by since the last snapshot, for the policy.
+    let last = seq
+        .env
+        .store
+        .snapshots(id)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|r| r.kind != "restore")
+        .map_or(0, |r| r.seq);
+    seq.since_snapshot = (
+        seq.pos.seq.saturating_sub(last),
+        seq.env
+            .store
+            .bytes_after(id, last)
+            .map_err(|e| e.to_string())?,
+    );
     let head = Head {
         seq: seq.pos.seq,
         head: seq.pos.head,
@@ -198,6 +217,8 @@ struct Sequencer {
     /// Batches applied to the replica's open transaction (durable in the history,
     /// not yet committed to the replica file); 0 when no transaction is open.
     open_batches: usize,
+    /// Commits and changeset bytes certified since the last snapshot was asked for.
+    since_snapshot: (u64, u64),
     env: Env,
 }
 
@@ -343,6 +364,20 @@ impl Sequencer {
                 .metrics
                 .commits
                 .fetch_add(pending.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.since_snapshot.0 += pending.len() as u64;
+            self.since_snapshot.1 += pending
+                .iter()
+                .map(|c| c.changeset.len() as u64)
+                .sum::<u64>();
+            let policy = self.env.snapshots.policy();
+            let due = (policy.every_commits > 0 && self.since_snapshot.0 >= policy.every_commits)
+                || (policy.every_bytes > 0 && self.since_snapshot.1 >= policy.every_bytes);
+            if due {
+                self.since_snapshot = (0, 0);
+                // The snapshot copies the replica file: commit what it should hold.
+                self.flush();
+                self.env.snapshots.request(&self.name);
+            }
         }
         for ((_, reply), outcome) in jobs.into_iter().zip(outcomes) {
             let result = match outcome {
@@ -446,7 +481,25 @@ impl Sequencer {
                 ),
             )))));
         }
-        match self.head_at(base_seq).map_err(|e| storage(&e))? {
+        let known = self.head_at(base_seq).map_err(|e| storage(&e))?;
+        if known.is_none() {
+            let oldest = self
+                .env
+                .store
+                .oldest_head(self.id)
+                .map_err(|e| storage(&e))?;
+            if base_seq < oldest {
+                return Ok(Outcome::done(Err(self
+                    .with_head(Problem::new(
+                        Code::Compacted,
+                        format!(
+                            "Pdb-Base seq {base_seq} was compacted away: bootstrap from a snapshot"
+                        ),
+                    ))
+                    .with("oldest_seq", oldest))));
+            }
+        }
+        match known {
             Some(h) if h == base_head => {}
             _ => {
                 return Ok(Outcome::done(Err(self.with_head(Problem::new(
@@ -557,7 +610,7 @@ impl Sequencer {
                 break;
             }
             self.replica.begin().map_err(|e| e.to_string())?;
-            let replayed = self.replay(&mut pos, &commits);
+            let replayed = replay(&self.replica, &mut pos, &commits);
             let done = replayed
                 .and_then(|()| self.replica.set_position(&pos).map_err(|e| e.to_string()))
                 .and_then(|()| self.replica.commit().map_err(|e| e.to_string()));
@@ -575,29 +628,34 @@ impl Sequencer {
         self.pos = pos;
         Ok(())
     }
+}
 
-    fn replay(&self, pos: &mut Position, commits: &[StoredCommit]) -> Result<(), String> {
-        for c in commits {
-            let seq = pos.seq + 1;
-            if c.cert.seq != seq || c.cert.prev != pos.head {
-                return Err(format!("commit {} does not follow {}", c.cert.seq, pos.seq));
-            }
-            let touched = self
-                .replica
-                .validate(&c.changeset)
-                .map_err(|e| format!("commit {seq}: {e:?}"))?;
-            self.replica
-                .apply(&c.changeset, &touched, &mut pos.state)
-                .map_err(|e| format!("commit {seq} does not apply: {e:?}"))?;
-            let head = next_head(&pos.head, seq, &c.cert.changeset_hash);
-            if head != c.cert.head || pos.state.digest() != c.cert.state {
-                return Err(format!(
-                    "commit {seq} does not reproduce its certified head and state"
-                ));
-            }
-            pos.seq = seq;
-            pos.head = head;
+/// Applies certified `commits` to `replica` from `pos`, checking that each one yields
+/// its certified head and state (start-up catch-up, restores of past heads).
+pub fn replay(
+    replica: &Replica,
+    pos: &mut Position,
+    commits: &[StoredCommit],
+) -> Result<(), String> {
+    for c in commits {
+        let seq = pos.seq + 1;
+        if c.cert.seq != seq || c.cert.prev != pos.head {
+            return Err(format!("commit {} does not follow {}", c.cert.seq, pos.seq));
         }
-        Ok(())
+        let touched = replica
+            .validate(&c.changeset)
+            .map_err(|e| format!("commit {seq}: {e:?}"))?;
+        replica
+            .apply(&c.changeset, &touched, &mut pos.state)
+            .map_err(|e| format!("commit {seq} does not apply: {e:?}"))?;
+        let head = next_head(&pos.head, seq, &c.cert.changeset_hash);
+        if head != c.cert.head || pos.state.digest() != c.cert.state {
+            return Err(format!(
+                "commit {seq} does not reproduce its certified head and state"
+            ));
+        }
+        pos.seq = seq;
+        pos.head = head;
     }
+    Ok(())
 }

@@ -63,6 +63,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/groups/{g}", put(put_group).get(get_group))
         .route("/v1/groups/{g}/commits", get(get_commits).post(post_commit))
         .route("/v1/groups/{g}/watch", get(watch))
+        .route(
+            "/v1/groups/{g}/snapshots",
+            get(get_snapshot_at).post(post_snapshot),
+        )
+        .route("/v1/groups/{g}/snapshots/latest", get(get_latest_snapshot))
+        .route("/v1/objects/{hash}", get(get_object))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .fallback(|| async { Problem::new(Code::NotFound, "no such endpoint") })
@@ -307,6 +313,9 @@ async fn get_commits(
         }
         let commits = read_commits(&app, &group, after, limit).await?;
         let head = group.head();
+        if after < head.seq && commits.first().map(|c| c.cert.seq) != Some(after + 1) {
+            return Err(compacted(&app, &group, after).await);
+        }
         Ok(Json(json!({
             "group": group.info.name,
             "head": {"seq": head.seq, "head": hex(&head.head), "state": hex(&head.state)},
@@ -402,4 +411,270 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
             .load(std::sync::atomic::Ordering::Relaxed),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The `410 compacted` answer for a device whose head is older than the history kept:
+/// it names the oldest head still served and the newest snapshot to start from.
+async fn compacted(app: &Arc<App>, group: &Arc<Group>, after: u64) -> Problem {
+    let (w, g) = (app.witness.clone(), group.clone());
+    let found = tokio::task::spawn_blocking(move || {
+        let oldest = w.store().oldest_head(g.info.id).unwrap_or(0);
+        let latest = w.snapshots().latest(&g).ok().flatten().map(|m| m.seq);
+        (oldest, latest)
+    })
+    .await
+    .unwrap_or((0, None));
+    Problem::new(
+        Code::Compacted,
+        format!(
+            "commits after seq {after} were compacted (the oldest head kept is seq {}): \
+             bootstrap from a snapshot",
+            found.0
+        ),
+    )
+    .with("oldest_seq", found.0)
+    .with("snapshot_seq", found.1)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Problem> + Send + 'static,
+) -> Result<T, Problem> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Problem::new(Code::Unavailable, e.to_string()))?
+}
+
+fn manifest_response(status: StatusCode, m: &pdb_client::snapshot::Manifest) -> Response {
+    (status, Json(Value::Object(m.to_json()))).into_response()
+}
+
+async fn get_latest_snapshot(
+    State(app): State<Arc<App>>,
+    Path(g): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        authorize(&app, &headers, &g, Role::Read)?;
+        let group = find(&app, &g)?;
+        let w = app.witness.clone();
+        let m = blocking(move || w.snapshots().latest(&group)).await?;
+        let m = m.ok_or_else(|| {
+            Problem::new(Code::NotFound, format!("group \"{g}\" has no snapshot yet"))
+        })?;
+        Ok(manifest_response(StatusCode::OK, &m))
+    }
+    .await;
+    respond(&app, r)
+}
+
+#[derive(Deserialize)]
+struct AtQuery {
+    at: Option<String>,
+}
+
+/// `?at=<seq>`: the group's state at any seq the history still holds.
+async fn get_snapshot_at(
+    State(app): State<Arc<App>>,
+    Path(g): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<AtQuery>,
+) -> Response {
+    let r = async {
+        authorize(&app, &headers, &g, Role::Read)?;
+        let group = find(&app, &g)?;
+        let Some(at) = q.at.as_deref() else {
+            return Err(Problem::new(
+                Code::BadRequest,
+                "query parameter at=<seq> is required (or GET .../snapshots/latest)",
+            ));
+        };
+        let at = number("at", Some(at), 0)?;
+        let w = app.witness.clone();
+        let m = blocking(move || w.snapshots().at(&group, at)).await?;
+        Ok(manifest_response(StatusCode::OK, &m))
+    }
+    .await;
+    respond(&app, r)
+}
+
+/// An admin's request for a snapshot at the current head.
+async fn post_snapshot(
+    State(app): State<Arc<App>>,
+    Path(g): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        authorize(&app, &headers, &g, Role::Admin)?;
+        let group = find(&app, &g)?;
+        let w = app.witness.clone();
+        let m = blocking(move || w.snapshots().make(&group, crate::snapshot::Kind::Admin)).await?;
+        Ok(manifest_response(StatusCode::CREATED, &m))
+    }
+    .await;
+    respond(&app, r)
+}
+
+/// A `Range: bytes=...` header resolved against an object of `size` bytes:
+/// `Ok(None)` serves the whole object (no header, or one this server ignores, as RFC
+/// 9110 allows: several ranges, other units, bad syntax).
+fn byte_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, Problem> {
+    let Some(spec) = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+    else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Ok(None);
+    };
+    let unsatisfiable = || {
+        Problem::new(
+            Code::RangeNotSatisfiable,
+            format!("range {spec} is outside the object's {size} bytes"),
+        )
+        .with("size", size)
+    };
+    let (first, last) = match (a.parse::<u64>().ok(), b.parse::<u64>().ok()) {
+        (Some(first), Some(last)) if first <= last => (first, last.min(size.saturating_sub(1))),
+        (Some(first), None) if b.is_empty() => (first, size.saturating_sub(1)),
+        (None, Some(n)) if a.is_empty() => {
+            if n == 0 {
+                return Err(unsatisfiable());
+            }
+            (size.saturating_sub(n), size.saturating_sub(1))
+        }
+        _ => return Ok(None),
+    };
+    if first >= size {
+        return Err(unsatisfiable());
+    }
+    Ok(Some((first, last)))
+}
+
+/// A snapshot file, by its BLAKE3, to anyone who may read a group holding it; with
+/// single byte ranges so an interrupted download resumes.
+async fn get_object(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        let hash = pdb_client::cert::parse_hash(&name)
+            .ok_or_else(|| Problem::new(Code::NotFound, format!("no object {name}")))?;
+        let claims = app.auth.authenticate(
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        )?;
+        let w = app.witness.clone();
+        let path = blocking(move || {
+            w.snapshots().object_readable(&hash, |g| {
+                if claims.role(g).is_some_and(|r| r >= Role::Read) {
+                    Ok(())
+                } else {
+                    Err(Problem::new(
+                        Code::Forbidden,
+                        format!(
+                            "the token grants no read role on a group holding object {}",
+                            hex(&hash)
+                        ),
+                    ))
+                }
+            })?;
+            Ok(w.snapshots().object_path(&hash))
+        })
+        .await?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|_| Problem::new(Code::NotFound, format!("no object {name}")))?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| Problem::new(Code::Unavailable, e.to_string()))?
+            .len();
+        let range = match byte_range(&headers, size) {
+            Ok(r) => r,
+            Err(p) => {
+                let mut resp = p.into_response();
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    resp.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                return Ok(resp);
+            }
+        };
+        let (first, last) = range.unwrap_or((0, size.saturating_sub(1)));
+        let length = if size == 0 { 0 } else { last - first + 1 };
+        let body = Body::from_stream(file_stream(file, first, length));
+        let mut resp = if range.is_some() {
+            let mut r = (StatusCode::PARTIAL_CONTENT, body).into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            r
+        } else {
+            (StatusCode::OK, body).into_response()
+        };
+        let h = resp.headers_mut();
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/vnd.sqlite3"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\"")) {
+            h.insert(header::ETAG, v);
+        }
+        // Content-addressed: the bytes behind a name never change.
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, max-age=31536000, immutable"),
+        );
+        Ok(resp)
+    }
+    .await;
+    respond(&app, r)
+}
+
+/// `length` bytes of `file` from `first`, in pieces.
+fn file_stream(
+    file: tokio::fs::File,
+    first: u64,
+    length: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    futures_util::stream::unfold(
+        (file, first, length, false),
+        |(mut file, pos, left, seeked)| async move {
+            if left == 0 {
+                return None;
+            }
+            if !seeked {
+                if let Err(e) = file.seek(std::io::SeekFrom::Start(pos)).await {
+                    return Some((Err(e), (file, pos, 0, true)));
+                }
+            }
+            let mut buf = vec![0u8; left.min(256 << 10) as usize];
+            match file.read(&mut buf).await {
+                Ok(0) => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "object shorter than its size",
+                    )),
+                    (file, pos, 0, true),
+                )),
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((
+                        Ok(Bytes::from(buf)),
+                        (file, pos + n as u64, left - n as u64, true),
+                    ))
+                }
+                Err(e) => Some((Err(e), (file, pos, 0, true))),
+            }
+        },
+    )
 }

@@ -3,6 +3,7 @@
 //! - [`witness`]: the core — data directory, groups, start-up recovery.
 //! - [`group`]: one group's sequencer, where a commit is checked, applied and certified.
 //! - [`replica`]: a group's tables, kept at the head with the session extension.
+//! - [`snapshot`]: database images at a head, the object store, retention.
 //! - [`store`]: the durable history (`witness.db`) and its group-commit writer.
 //! - [`http`], [`request`], [`auth`], [`problem`]: the HTTP API over the core.
 //! - [`keys`], [`backup`], [`metrics`]: operations.
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod problem;
 pub mod replica;
 pub mod request;
+pub mod snapshot;
 pub mod store;
 pub mod witness;
 

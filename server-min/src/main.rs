@@ -82,6 +82,16 @@ struct Serve {
     /// Write logs (stderr) as JSON lines instead of text.
     #[arg(long, env = "PDB_LOG_JSON")]
     log_json: bool,
+    /// Snapshot a group after this many commits since its last snapshot (0: never).
+    #[arg(long, env = "PDB_SNAPSHOT_COMMITS", default_value_t = 10_000)]
+    snapshot_commits: u64,
+    /// Snapshot a group after this many bytes of changesets since its last (0: never).
+    #[arg(long, env = "PDB_SNAPSHOT_BYTES", default_value_t = 64 << 20)]
+    snapshot_bytes: u64,
+    /// Keep this many snapshots per group and compact the commits before the oldest
+    /// kept; devices further behind bootstrap again (0: keep everything).
+    #[arg(long, env = "PDB_RETAIN_SNAPSHOTS", default_value_t = 0)]
+    retain_snapshots: usize,
 }
 
 #[derive(Args)]
@@ -191,7 +201,16 @@ fn serve(s: Serve) -> anyhow::Result<()> {
     };
     let metrics = Arc::new(Metrics::default());
     let witness = Arc::new(
-        Witness::open(&s.data, metrics).with_context(|| format!("opening {}", s.data.display()))?,
+        Witness::open_with(
+            &s.data,
+            metrics,
+            pdb_witness::snapshot::Policy {
+                every_commits: s.snapshot_commits,
+                every_bytes: s.snapshot_bytes,
+                retain: s.retain_snapshots,
+            },
+        )
+        .with_context(|| format!("opening {}", s.data.display()))?,
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

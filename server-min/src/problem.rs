@@ -28,11 +28,15 @@ pub enum Code {
     BadRequest,
     /// Storage failed; nothing was certified, retry later (503).
     Unavailable,
+    /// The commits asked for were compacted away: start from a snapshot (410).
+    Compacted,
+    /// A `Range` header no byte of the object satisfies (416).
+    RangeNotSatisfiable,
 }
 
 impl Code {
     /// Every code, in the order metrics list them.
-    pub const ALL: [Code; 11] = [
+    pub const ALL: [Code; 13] = [
         Code::StaleBase,
         Code::Conflict,
         Code::SchemaMismatch,
@@ -44,6 +48,8 @@ impl Code {
         Code::NotFound,
         Code::BadRequest,
         Code::Unavailable,
+        Code::Compacted,
+        Code::RangeNotSatisfiable,
     ];
 
     /// The `code` member of the problem document.
@@ -60,6 +66,8 @@ impl Code {
             Code::NotFound => "not_found",
             Code::BadRequest => "bad_request",
             Code::Unavailable => "unavailable",
+            Code::Compacted => "compacted",
+            Code::RangeNotSatisfiable => "range_not_satisfiable",
         }
     }
 
@@ -74,6 +82,8 @@ impl Code {
             Code::NotFound => 404,
             Code::BadRequest => 400,
             Code::Unavailable => 503,
+            Code::Compacted => 410,
+            Code::RangeNotSatisfiable => 416,
         }
     }
 
@@ -91,6 +101,8 @@ impl Code {
             Code::NotFound => "Not found",
             Code::BadRequest => "Malformed request",
             Code::Unavailable => "The witness cannot store commits right now",
+            Code::Compacted => "Those commits were compacted; bootstrap from a snapshot",
+            Code::RangeNotSatisfiable => "The requested range is outside the object",
         }
     }
 }

@@ -523,6 +523,25 @@ impl Replica {
         (table, key)
     }
 
+    /// Replaces the rows of every table with those of the same tables in the database
+    /// file `src` (a snapshot), inside the open transaction. Same schema, so SQLite
+    /// copies the records as they are.
+    pub fn load_tables(&self, src: &Path) -> rusqlite::Result<()> {
+        self.conn
+            .execute("ATTACH ?1 AS pdb_src", [src.to_string_lossy()])?;
+        let copied = (|| {
+            for t in &self.tables {
+                let name = quote(&t.info.name);
+                self.conn.execute_batch(&format!(
+                    "DELETE FROM main.{name}; INSERT INTO main.{name} SELECT * FROM pdb_src.{name};"
+                ))?;
+            }
+            Ok(())
+        })();
+        let detached = self.conn.execute_batch("DETACH pdb_src");
+        copied.and(detached)
+    }
+
     /// The state vector recomputed from every row of the replica's tables.
     pub fn full_state(&self) -> Result<StateVector, pdb_client::Error> {
         let tables: Vec<TableInfo> = self.tables().cloned().collect();

@@ -66,6 +66,73 @@ enum WriteOp {
         schema_hash: Hash,
         done: SyncSender<Result<i64, String>>,
     },
+    /// Anything else that must be durable (snapshots, compaction), in the same
+    /// transactions as the commits.
+    Maintain {
+        work: Maintenance,
+        done: SyncSender<Result<i64, String>>,
+    },
+}
+
+type Maintenance = Box<dyn Fn(&Connection) -> rusqlite::Result<()> + Send>;
+
+/// A stored snapshot (see `sql/witness.sql`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRow {
+    /// The seq of the head it holds.
+    pub seq: u64,
+    /// `head(seq)`.
+    pub head: Hash,
+    /// `state(seq)`.
+    pub state: Hash,
+    /// BLAKE3 of the file (its object name).
+    pub blake3: Hash,
+    /// File size in bytes.
+    pub size: u64,
+    /// Schema hash of its tables.
+    pub schema_hash: Hash,
+    /// Signature over the manifest message.
+    pub signature: [u8; 64],
+    /// `policy`, `admin` or `restore`.
+    pub kind: String,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+impl SnapshotRow {
+    /// The manifest this row describes.
+    pub fn manifest(&self, group: &str, witness_key: [u8; 32]) -> pdb_client::snapshot::Manifest {
+        pdb_client::snapshot::Manifest {
+            group: group.to_string(),
+            seq: self.seq,
+            head: self.head,
+            state: self.state,
+            size: self.size,
+            blake3: self.blake3,
+            schema_hash: self.schema_hash,
+            created_at: self.created_at,
+            witness_key,
+            signature: self.signature,
+        }
+    }
+}
+
+const SNAPSHOT_COLUMNS: &str =
+    "seq, head, state, blake3, size, schema_hash, signature, kind, created_at";
+
+fn snapshot_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotRow> {
+    let signature: Vec<u8> = r.get(6)?;
+    Ok(SnapshotRow {
+        seq: r.get::<_, i64>(0)? as u64,
+        head: r.get(1)?,
+        state: r.get(2)?,
+        blake3: r.get(3)?,
+        size: r.get::<_, i64>(4)? as u64,
+        schema_hash: r.get(5)?,
+        signature: signature.try_into().unwrap_or([0; 64]),
+        kind: r.get(7)?,
+        created_at: r.get(8)?,
+    })
 }
 
 /// Handle to the history store.
@@ -155,6 +222,123 @@ impl Store {
         }
     }
 
+    /// Runs `work` durably in the writer's next transaction.
+    pub fn maintain(
+        &self,
+        work: impl Fn(&Connection) -> rusqlite::Result<()> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let (done, wait) = mpsc::sync_channel(1);
+        self.send(WriteOp::Maintain {
+            work: Box::new(work),
+            done,
+        })?;
+        match wait.recv() {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Corrupt(e)),
+            Err(_) => Err(StoreError::Stopped),
+        }
+    }
+
+    /// Records a snapshot durably.
+    pub fn add_snapshot(&self, group_id: i64, row: SnapshotRow) -> Result<(), StoreError> {
+        self.maintain(move |c| {
+            c.execute(
+                &format!(
+                    "INSERT OR REPLACE INTO snapshots (group_id, {SNAPSHOT_COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+                ),
+                params![
+                    group_id,
+                    row.seq as i64,
+                    row.head,
+                    row.state,
+                    row.blake3,
+                    row.size as i64,
+                    row.schema_hash,
+                    &row.signature[..],
+                    row.kind,
+                    row.created_at
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// A group's snapshots, newest first.
+    pub fn snapshots(&self, group_id: i64) -> Result<Vec<SnapshotRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE group_id = ?1 ORDER BY seq DESC"
+            ))?;
+            let rows = stmt.query_map([group_id], snapshot_row)?;
+            rows.collect()
+        })
+    }
+
+    /// The group's newest snapshot at or before `seq`.
+    pub fn snapshot_before(
+        &self,
+        group_id: i64,
+        seq: u64,
+    ) -> Result<Option<SnapshotRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE group_id = ?1 AND seq <= ?2 \
+                 ORDER BY seq DESC LIMIT 1"
+            ))?
+            .query_row(
+                params![group_id, seq.min(i64::MAX as u64) as i64],
+                snapshot_row,
+            )
+            .optional()
+        })
+    }
+
+    /// The groups (ids) that hold the object `blake3` as a snapshot.
+    pub fn object_groups(&self, blake3: &Hash) -> Result<Vec<i64>, StoreError> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT DISTINCT group_id FROM snapshots WHERE blake3 = ?1")?;
+            let rows = stmt.query_map([&blake3[..]], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    /// Every object some snapshot names.
+    pub fn objects(&self) -> Result<std::collections::HashSet<Hash>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare("SELECT DISTINCT blake3 FROM snapshots")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    /// The oldest seq whose head the group's history still holds: 0 unless commits
+    /// were compacted away, else the seq just before the first one kept.
+    pub fn oldest_head(&self, group_id: i64) -> Result<u64, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT min(seq) FROM commits WHERE group_id = ?1",
+                [group_id],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+        })
+        .map(|first| first.map_or(0, |s| (s as u64).saturating_sub(1)))
+    }
+
+    /// Bytes of changesets after `seq` (what a snapshot at `seq` saves a new device).
+    pub fn bytes_after(&self, group_id: i64, seq: u64) -> Result<u64, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT coalesce(sum(length(changeset)), 0) FROM commits \
+                 WHERE group_id = ?1 AND seq > ?2",
+                params![group_id, seq as i64],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .map(|n| n as u64)
+    }
+
     /// Runs `f` on a pooled read connection.
     pub fn read<T>(
         &self,
@@ -225,11 +409,13 @@ impl Store {
         })
     }
 
-    /// `head(seq)` as stored, if the group has that commit.
+    /// `head(seq)` as stored: the head of commit `seq`, or the `prev` of commit
+    /// `seq + 1` when `seq` itself was compacted away.
     pub fn head_at(&self, group_id: i64, seq: u64) -> Result<Option<Hash>, StoreError> {
         self.read(|c| {
             c.query_row(
-                "SELECT head FROM commits WHERE group_id = ?1 AND seq = ?2",
+                "SELECT CASE WHEN seq = ?2 THEN head ELSE prev END FROM commits \
+                 WHERE group_id = ?1 AND seq IN (?2, ?2 + 1) ORDER BY seq LIMIT 1",
                 params![group_id, seq as i64],
                 |r| r.get(0),
             )
@@ -309,7 +495,7 @@ fn writer_loop(mut conn: Connection, rx: Receiver<WriteOp>, syncs: &AtomicU64) {
                 WriteOp::Commits { done, .. } => {
                     let _ = done.send(result.map(|_| ()));
                 }
-                WriteOp::CreateGroup { done, .. } => {
+                WriteOp::CreateGroup { done, .. } | WriteOp::Maintain { done, .. } => {
                     let _ = done.send(result);
                 }
             }
@@ -372,5 +558,6 @@ fn write_op(conn: &Connection, op: &WriteOp) -> rusqlite::Result<i64> {
             params![name, ddl, schema_hash, crate::now_ms()],
             |r| r.get(0),
         ),
+        WriteOp::Maintain { work, .. } => work(conn).map(|()| 0),
     }
 }

@@ -12,6 +12,7 @@ use crate::group::{self, Env, Group};
 use crate::metrics::Metrics;
 use crate::problem::{Code, Problem};
 use crate::replica::{check_ddl, Replica, SchemaError};
+use crate::snapshot::{replica_path, Groups, Policy, Snapshots};
 use crate::store::{Store, StoredCommit};
 
 /// Why the witness could not start.
@@ -34,7 +35,8 @@ pub struct Witness {
     store: Arc<Store>,
     key: Arc<SigningKey>,
     metrics: Arc<Metrics>,
-    groups: RwLock<HashMap<String, Arc<Group>>>,
+    groups: Groups,
+    snapshots: Arc<Snapshots>,
     creating: Mutex<()>,
 }
 
@@ -49,10 +51,6 @@ pub fn valid_group_name(name: &str) -> bool {
         && !name.starts_with(['.', '-'])
 }
 
-fn replica_path(data: &Path, name: &str) -> PathBuf {
-    data.join("groups").join(format!("{name}.db"))
-}
-
 fn remove_db(path: &Path) {
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let mut p = path.as_os_str().to_owned();
@@ -65,6 +63,15 @@ impl Witness {
     /// Opens the data directory (creating it and the keys on first start), catches
     /// every replica up with the history, and starts the sequencers.
     pub fn open(data: &Path, metrics: Arc<Metrics>) -> Result<Witness, StartError> {
+        Witness::open_with(data, metrics, Policy::default())
+    }
+
+    /// [`Witness::open`] with a snapshot policy.
+    pub fn open_with(
+        data: &Path,
+        metrics: Arc<Metrics>,
+        policy: Policy,
+    ) -> Result<Witness, StartError> {
         std::fs::create_dir_all(data.join("groups"))?;
         let key = Arc::new(crate::keys::witness_key(data)?);
         let store = Arc::new(Store::open(&data.join("witness.db"))?);
@@ -79,12 +86,15 @@ impl Witness {
                 remove_db(&data.join("groups").join(&name));
             }
         }
+        let groups: Groups = Arc::new(RwLock::new(HashMap::new()));
+        let snapshots = Snapshots::open(data, store.clone(), key.clone(), policy, groups.clone())?;
         let witness = Witness {
             data: data.to_path_buf(),
             store,
             key,
             metrics,
-            groups: RwLock::new(HashMap::new()),
+            groups,
+            snapshots,
             creating: Mutex::new(()),
         };
         for row in rows {
@@ -93,8 +103,27 @@ impl Witness {
                 Ok(Some(r)) => r,
                 Ok(None) => {
                     remove_db(&path);
-                    Replica::create(&path, &row.ddl, genesis(&row.name))
-                        .map_err(|e| StartError::Group(format!("group \"{}\": {e}", row.name)))?
+                    let compacted = witness.store.oldest_head(row.id)? > 0;
+                    if compacted {
+                        // The history no longer starts at genesis: start from the
+                        // newest snapshot and replay what came after it.
+                        witness
+                            .snapshots
+                            .reseed(&row.name, row.id, &row.ddl, &path)
+                            .map_err(StartError::Group)?;
+                        Replica::open(&path)
+                            .map_err(|e| StartError::Group(format!("group \"{}\": {e}", row.name)))?
+                            .ok_or_else(|| {
+                                StartError::Group(format!(
+                                    "group \"{}\": reseeded replica is missing",
+                                    row.name
+                                ))
+                            })?
+                    } else {
+                        Replica::create(&path, &row.ddl, genesis(&row.name)).map_err(|e| {
+                            StartError::Group(format!("group \"{}\": {e}", row.name))
+                        })?
+                    }
                 }
                 Err(e) => return Err(StartError::Group(format!("group \"{}\": {e}", row.name))),
             };
@@ -116,7 +145,13 @@ impl Witness {
             store: self.store.clone(),
             key: self.key.clone(),
             metrics: self.metrics.clone(),
+            snapshots: self.snapshots.clone(),
         }
+    }
+
+    /// Snapshots and the object store.
+    pub fn snapshots(&self) -> &Snapshots {
+        &self.snapshots
     }
 
     fn register(&self, g: Group) -> Arc<Group> {
