@@ -4,7 +4,9 @@
 //! Replicas are copied before the history, each with `VACUUM INTO` (a read
 //! transaction, so a consistent image). A replica only ever commits after the history
 //! holds its commits, so the copied history is at or ahead of every copied replica,
-//! and start-up replays the difference: the pair is consistent.
+//! and start-up replays the difference: the pair is consistent. Snapshot objects are
+//! copied before both (a file is complete before its manifest is recorded, and never
+//! changes), so every manifest in the copied history has its object.
 
 use std::path::Path;
 
@@ -16,6 +18,22 @@ fn vacuum_into(src: &Path, dst: &Path) -> anyhow::Result<()> {
     let conn = Connection::open_with_flags(src, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     conn.execute("VACUUM INTO ?1", [dst.to_string_lossy()])?;
+    Ok(())
+}
+
+/// Copies the finished objects of `from`'s object folder (not its `tmp`).
+fn copy_objects(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let (src, dst) = (from.join("objects"), to.join("objects"));
+    if !src.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dst)?;
+    for entry in std::fs::read_dir(&src)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), dst.join(entry.file_name()))?;
+        }
+    }
     Ok(())
 }
 
@@ -39,6 +57,7 @@ pub fn backup(data: &Path, dir: &Path) -> anyhow::Result<()> {
         anyhow::bail!("{} is not empty", dir.display());
     }
     std::fs::create_dir_all(dir.join("groups"))?;
+    copy_objects(data, dir)?;
     for entry in std::fs::read_dir(data.join("groups"))? {
         let name = entry?.file_name();
         if name.to_string_lossy().ends_with(".db") {
@@ -79,6 +98,7 @@ pub fn restore(dir: &Path, data: &Path, force: bool) -> anyhow::Result<()> {
         )?;
     }
     std::fs::copy(dir.join("witness.db"), data.join("witness.db"))?;
+    copy_objects(dir, data)?;
     copy_keys(dir, data)?;
     Ok(())
 }
