@@ -45,6 +45,9 @@ pub enum Error {
     /// The device's tables do not match what the certified history says they are.
     #[error("{0}")]
     Diverged(String),
+    /// A snapshot failed a check; nothing of it was installed.
+    #[error("snapshot refused: {0}")]
+    Snapshot(String),
 }
 
 impl Error {

@@ -75,10 +75,20 @@ pub fn verify_chain<'a>(
 
 /// The state vector of `tables` as they are in `db` (every row, O(rows)).
 pub fn state_of<D: Db>(db: &D, tables: &[TableInfo]) -> Result<StateVector, Error> {
+    state_in(db, "main", tables)
+}
+
+/// [`state_of`] for the tables of the attached database `schema`.
+pub fn state_in<D: Db>(db: &D, schema: &str, tables: &[TableInfo]) -> Result<StateVector, Error> {
     let mut state = StateVector::new();
     for t in tables {
         let cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
-        let sql = format!("SELECT {} FROM main.{}", cols.join(", "), quote(&t.name));
+        let sql = format!(
+            "SELECT {} FROM {}.{}",
+            cols.join(", "),
+            quote(schema),
+            quote(&t.name)
+        );
         let mut stmt = db.prepare(&sql)?;
         stmt.query(&mut |row| {
             state.add_row(&t.name, row);

@@ -111,11 +111,18 @@ fn int(v: &ValueRef<'_>) -> i64 {
 /// Reads a table of the `main` schema, refusing what PersonalDB cannot track; `name` is
 /// matched case-insensitively, as SQL does.
 pub fn table_info<D: Db>(db: &D, name: &str) -> Result<TableInfo, Error> {
+    table_info_in(db, "main", name)
+}
+
+/// [`table_info`] of a table in the attached database `schema` (an identifier the
+/// caller chose, never user input).
+pub fn table_info_in<D: Db>(db: &D, schema: &str, name: &str) -> Result<TableInfo, Error> {
     let found = {
-        let mut stmt = db.prepare(
-            "SELECT name, type, sql FROM main.sqlite_schema \
+        let mut stmt = db.prepare(&format!(
+            "SELECT name, type, sql FROM {}.sqlite_schema \
              WHERE type IN ('table', 'view') AND name = ?1 COLLATE NOCASE",
-        )?;
+            quote(schema)
+        ))?;
         stmt.bind(1, ValueRef::Text(name.as_bytes()))?;
         let mut found = None;
         stmt.query(&mut |row| {
@@ -153,10 +160,11 @@ pub fn table_info<D: Db>(db: &D, name: &str) -> Result<TableInfo, Error> {
     let mut generated = None;
     {
         let mut stmt = db.prepare(
-            "SELECT name, type, \"notnull\", pk, hidden, dflt_value FROM pragma_table_xinfo(?1, 'main') \
+            "SELECT name, type, \"notnull\", pk, hidden, dflt_value FROM pragma_table_xinfo(?1, ?2) \
              ORDER BY cid",
         )?;
         stmt.bind(1, ValueRef::Text(name.as_bytes()))?;
+        stmt.bind(2, ValueRef::Text(schema.as_bytes()))?;
         stmt.query(&mut |row| {
             let col = Column {
                 name: text(&row[0]),
@@ -203,7 +211,7 @@ pub fn table_info<D: Db>(db: &D, name: &str) -> Result<TableInfo, Error> {
         }
     }
 
-    let unique = unique_constraints(db, &name, &columns)?;
+    let unique = unique_constraints(db, schema, &name, &columns)?;
     Ok(TableInfo {
         name,
         columns,
@@ -221,15 +229,17 @@ fn table_options(sql: &str) -> String {
 
 fn unique_constraints<D: Db>(
     db: &D,
+    schema: &str,
     table: &str,
     columns: &[Column],
 ) -> Result<Vec<Vec<usize>>, Error> {
     let mut indexes = Vec::new();
     {
         let mut stmt = db.prepare(
-            "SELECT name FROM pragma_index_list(?1, 'main') WHERE \"unique\" AND origin <> 'pk'",
+            "SELECT name FROM pragma_index_list(?1, ?2) WHERE \"unique\" AND origin <> 'pk'",
         )?;
         stmt.bind(1, ValueRef::Text(table.as_bytes()))?;
+        stmt.bind(2, ValueRef::Text(schema.as_bytes()))?;
         stmt.query(&mut |row| {
             indexes.push(text(&row[0]));
             Ok(())
@@ -240,8 +250,9 @@ fn unique_constraints<D: Db>(
         let mut cols = Vec::new();
         let mut plain = true;
         let mut stmt =
-            db.prepare("SELECT cid, name FROM pragma_index_info(?1, 'main') ORDER BY seqno")?;
+            db.prepare("SELECT cid, name FROM pragma_index_info(?1, ?2) ORDER BY seqno")?;
         stmt.bind(1, ValueRef::Text(index.as_bytes()))?;
+        stmt.bind(2, ValueRef::Text(schema.as_bytes()))?;
         stmt.query(&mut |row| {
             // cid < 0 is the rowid or an expression: such an index cannot be probed
             // with NEW.column values, so it is left out (see ARCHITECTURE.md).

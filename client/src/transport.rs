@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::cert::{hex, parse_hash, Certificate, Hash};
+use crate::snapshot::Manifest;
 
 /// The witness could not be asked (network, TLS, timeout) or answered nonsense.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,6 +99,14 @@ pub struct Page {
     pub head: (u64, Hash),
     /// Commits after the requested seq, in order (possibly fewer than exist).
     pub commits: Vec<Pulled>,
+}
+
+/// An object download under way: the body from `start` on.
+pub struct Download {
+    /// The offset the body starts at (0 when the witness sent the whole object).
+    pub start: u64,
+    /// The body.
+    pub body: Box<dyn std::io::Read + Send>,
 }
 
 /// A witness and a group, as one device talks to them.
@@ -267,6 +276,92 @@ impl Remote {
             Ok(json) => parse_page(&json).map(Ok),
             Err(r) => Ok(Err(r)),
         }
+    }
+}
+
+impl Remote {
+    fn manifest(&self, url: &str) -> Result<Result<Option<Manifest>, Rejection>, TransportError> {
+        let (status, answer) = self.get(url)?;
+        match answer {
+            Ok(json) => Manifest::from_json(&json)
+                .map(|m| Ok(Some(m)))
+                .map_err(|e| TransportError::Protocol(format!("snapshot manifest: {e}"))),
+            Err(r) if status == 404 && r.code == "not_found" => Ok(Ok(None)),
+            Err(r) => Ok(Err(r)),
+        }
+    }
+
+    /// `GET /v1/groups/{g}/snapshots/latest`: the newest manifest (`None`: no snapshot
+    /// yet). Not verified here.
+    pub fn latest_snapshot(&self) -> Result<Result<Option<Manifest>, Rejection>, TransportError> {
+        self.manifest(&self.url("/snapshots/latest"))
+    }
+
+    /// `GET /v1/groups/{g}/snapshots?at=<seq>`: a manifest of the group at `seq`.
+    pub fn snapshot_at(
+        &self,
+        seq: u64,
+    ) -> Result<Result<Option<Manifest>, Rejection>, TransportError> {
+        self.manifest(&format!("{}?at={seq}", self.url("/snapshots")))
+    }
+
+    /// `GET <object>` from byte `from` on (a `Range` request when `from` > 0). The
+    /// witness may answer with the whole object instead; [`Download::start`] says.
+    pub fn download(
+        &self,
+        object: &str,
+        from: u64,
+    ) -> Result<Result<Download, Rejection>, TransportError> {
+        let url = format!("{}{object}", self.base);
+        let mut req = self
+            .agent
+            .get(&url)
+            .header("Authorization", &format!("Bearer {}", self.token));
+        if from > 0 {
+            req = req.header("Range", &format!("bytes={from}-"));
+        }
+        // An object may be large: no overall deadline (an interrupted download
+        // resumes where it stopped), but a connection must be made and answered.
+        let resp = req
+            .config()
+            .timeout_global(None)
+            .timeout_recv_body(None)
+            .build()
+            .call()
+            .map_err(|e| TransportError::Unreachable(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let start = match status {
+            200 => 0,
+            206 => {
+                let range = resp
+                    .headers()
+                    .get("content-range")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let first = range
+                    .strip_prefix("bytes ")
+                    .and_then(|r| r.split('-').next())
+                    .and_then(|n| n.parse::<u64>().ok());
+                if first != Some(from) {
+                    return Err(TransportError::Protocol(format!(
+                        "asked for bytes {from}- of {object}, got Content-Range \"{range}\""
+                    )));
+                }
+                from
+            }
+            _ => {
+                return match Self::answer(Ok(resp))?.1 {
+                    Err(r) => Ok(Err(r)),
+                    Ok(_) => Err(TransportError::Protocol(format!(
+                        "status {status} for object {object}"
+                    ))),
+                }
+            }
+        };
+        Ok(Ok(Download {
+            start,
+            body: Box::new(resp.into_body().into_reader()),
+        }))
     }
 }
 

@@ -138,6 +138,12 @@ pub static FUNCTIONS: &[Function] = &[
         run: pull,
     },
     Function {
+        name: "pdb_bootstrap",
+        n_arg: 0,
+        deterministic: false,
+        run: bootstrap,
+    },
+    Function {
         name: "pdb_status",
         n_arg: 0,
         deterministic: false,
@@ -288,7 +294,7 @@ fn open(db: &Conn, args: &[ValueRef<'_>]) -> Result<Output, Error> {
     let group = text_arg(args, 1, "group")?;
     let token = text_arg(args, 2, "token")?;
     let key = text_arg(args, 3, "witness_key")?;
-    config::open(db, url, group, token, key)?;
+    sync::open(db, url, group, token, key)?;
     Ok(Output::Text(group.to_string()))
 }
 
@@ -336,6 +342,10 @@ fn push(db: &Conn, _: &[ValueRef<'_>]) -> Result<Output, Error> {
 
 fn pull(db: &Conn, _: &[ValueRef<'_>]) -> Result<Output, Error> {
     Ok(Output::Text(sync::pull_now(db)?.to_json()))
+}
+
+fn bootstrap(db: &Conn, _: &[ValueRef<'_>]) -> Result<Output, Error> {
+    Ok(Output::Text(sync::bootstrap_now(db)?.to_json()))
 }
 
 fn status(db: &Conn, _: &[ValueRef<'_>]) -> Result<Output, Error> {

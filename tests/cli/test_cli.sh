@@ -94,6 +94,7 @@ expect_eq "load: registers exactly the pdb functions (name|narg|flags) and modul
 "version|0.1.0
 fn|pdb_apply|1|524288
 fn|pdb_apply|2|524288
+fn|pdb_bootstrap|0|524288
 fn|pdb_certificate|1|524288
 fn|pdb_changeset|0|524288
 fn|pdb_commit|0|524288

@@ -160,6 +160,7 @@ EXPECTED_FUNCTIONS = {
     ("pdb_sync", 0): 0x80000,
     ("pdb_push", 0): 0x80000,
     ("pdb_pull", 0): 0x80000,
+    ("pdb_bootstrap", 0): 0x80000,
     ("pdb_status", 0): 0x80000,
     ("pdb_head", 0): 0x80000,
     ("pdb_certificate", 1): 0x80000,

@@ -2,12 +2,14 @@
 //! commits, rebase what is still pending over them.
 //!
 //! - [`config`]: `pdb_open`, the applied head and state vector.
+//! - [`bootstrap`]: starting from a verified snapshot instead of the whole history.
 //! - [`rebase`]: one transaction that applies remote commits under pending local ones.
 //! - [`strategy`]: how conflicting rows are settled.
 //! - [`resolve`]: `pdb_resolve` for conflicts left to the application.
 //! - [`status`]: the in-memory part of `pdb_status()`.
 //! - [`worker`]: the background worker of `pdb_sync_start()`.
 
+pub mod bootstrap;
 pub mod config;
 pub mod rebase;
 pub mod resolve;
@@ -45,6 +47,8 @@ pub struct Summary {
     pub conflicts: usize,
     /// Local commits the witness refused for good (dead letters).
     pub dead: usize,
+    /// The snapshot installed on the way, if any.
+    pub bootstrapped: Option<bootstrap::Bootstrapped>,
     /// The applied head afterwards.
     pub head: (u64, String),
 }
@@ -57,21 +61,28 @@ impl Summary {
     }
 
     /// Counts what a pull did.
-    fn add_pull(&mut self, r: &rebase::Integrated) {
+    fn add_pull(&mut self, r: &Pull) {
         self.pulled += r.pulled;
         self.conflicts += r.conflicts;
+        if let Some(b) = &r.bootstrapped {
+            self.conflicts += b.conflicts;
+            self.bootstrapped = Some(b.clone());
+        }
     }
 
     /// The JSON `pdb_sync()` returns.
     pub fn to_json(&self) -> String {
-        json!({
+        let mut j = json!({
             "pushed": self.pushed,
             "pulled": self.pulled,
             "conflicts": self.conflicts,
             "dead": self.dead,
             "head": {"seq": self.head.0, "head": self.head.1},
-        })
-        .to_string()
+        });
+        if let Some(b) = &self.bootstrapped {
+            j["bootstrapped"] = b.to_json();
+        }
+        j.to_string()
     }
 }
 
@@ -138,7 +149,8 @@ fn check_group<D: Db>(db: &D, cfg: &Config, remote: &Remote, path: &str) -> Resu
     }
     let tables: Vec<_> = capture::tracked(db)?.into_iter().map(|t| t.info).collect();
     let ours = schema_hash(&tables);
-    if info.schema_hash != ours {
+    // A device tracking nothing takes the group's tables from a snapshot or its DDL.
+    if !tables.is_empty() && info.schema_hash != ours {
         let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
         return Err(Error::Schema(format!(
             "schema_mismatch: group \"{}\" has schema {} but this device tracks {:?} with schema {}; \
@@ -277,7 +289,7 @@ pub fn push<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<Pushed, Erro
             Err(rej) => match rej.code.as_str() {
                 // The group moved on, or an earlier form of this commit was certified
                 // after all: the pull shows which, and rebases the rest.
-                "stale_base" | "conflict" | "idempotency_conflict" => {
+                "stale_base" | "conflict" | "idempotency_conflict" | "compacted" => {
                     done.need_pull = true;
                     return Ok(done);
                 }
@@ -295,32 +307,85 @@ pub fn push<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<Pushed, Erro
     Ok(done)
 }
 
+/// What a pull did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pull {
+    /// Remote commits applied.
+    pub pulled: usize,
+    /// Of those, this device's own queued commits.
+    pub confirmed: usize,
+    /// Conflicts recorded in `pdb_conflicts`.
+    pub conflicts: usize,
+    /// The snapshot installed first, if any.
+    pub bootstrapped: Option<bootstrap::Bootstrapped>,
+}
+
 /// Pulls, verifies and applies every commit after the applied head, a page per
-/// transaction. While it runs, `pdb_status()` shows its progress.
-pub fn pull<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<rebase::Integrated, Error> {
+/// transaction. A device with nothing of the group starts from the newest snapshot;
+/// one whose head the witness compacted away starts again from it, its pending
+/// changes rebased. While it runs, `pdb_status()` shows its progress.
+pub fn pull<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<Pull, Error> {
     let path = status::db_path(db)?;
     let result = pull_pages(db, cfg, remote, &path);
     status::update(&path, |s| s.progress = None);
     result
 }
 
-fn pull_pages<D: Db>(
-    db: &D,
-    cfg: &Config,
-    remote: &Remote,
-    path: &str,
-) -> Result<rebase::Integrated, Error> {
-    let mut total = rebase::Integrated {
-        pulled: 0,
-        confirmed: 0,
-        conflicts: 0,
-        head: config::head(db, &cfg.group)?,
-    };
+/// Creates and tracks the group's tables from its DDL, for a device that tracks none
+/// and found no snapshot: it then replays the history from the start.
+fn create_group_tables<D: Db>(db: &D, remote: &Remote) -> Result<(), Error> {
+    let info = remote.group_info()?.map_err(Error::Rejected)?;
+    crate::db::transaction(db, "pdb_pull", || {
+        capture::ensure_schema(db)?;
+        db.execute_batch(&info.ddl)?;
+        let mut names = Vec::new();
+        let mut stmt = db.prepare(
+            "SELECT name FROM main.sqlite_schema WHERE type = 'table' \
+             AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE 'pdb\\_%' ESCAPE '\\'",
+        )?;
+        stmt.query(&mut |r| {
+            if let ValueRef::Text(t) = r[0] {
+                names.push(String::from_utf8_lossy(t).into_owned());
+            }
+            Ok(())
+        })?;
+        drop(stmt);
+        for n in names {
+            capture::track(db, &n)?;
+        }
+        let tables: Vec<_> = capture::tracked(db)?.into_iter().map(|t| t.info).collect();
+        if schema_hash(&tables) != info.schema_hash {
+            return Err(Error::Schema(format!(
+                "schema_mismatch: the group's DDL made tables with schema {}, not the group's {}",
+                hex(&schema_hash(&tables)),
+                hex(&info.schema_hash)
+            )));
+        }
+        Ok(())
+    })
+}
+
+fn pull_pages<D: Db>(db: &D, cfg: &Config, remote: &Remote, path: &str) -> Result<Pull, Error> {
+    let mut total = Pull::default();
+    if bootstrap::is_empty(db)? {
+        total.bootstrapped = bootstrap::bootstrap(db, cfg, remote, path, bootstrap::Reason::Asked)?;
+        if total.bootstrapped.is_none() && capture::tracked(db)?.is_empty() {
+            create_group_tables(db, remote)?;
+        }
+    }
+    let mut rebootstrapped = false;
     loop {
         let (seq, _) = config::head(db, &cfg.group)?;
-        let page = remote
-            .pull(seq, PAGE, Duration::ZERO)?
-            .map_err(Error::Rejected)?;
+        let page = match remote.pull(seq, PAGE, Duration::ZERO)? {
+            Ok(page) => page,
+            Err(r) if r.code == "compacted" && !rebootstrapped => {
+                rebootstrapped = true;
+                total.bootstrapped =
+                    bootstrap::bootstrap(db, cfg, remote, path, bootstrap::Reason::Compacted)?;
+                continue;
+            }
+            Err(r) => return Err(Error::Rejected(r)),
+        };
         if page.commits.is_empty() {
             break;
         }
@@ -328,7 +393,6 @@ fn pull_pages<D: Db>(
         total.pulled += r.pulled;
         total.confirmed += r.confirmed;
         total.conflicts += r.conflicts;
-        total.head = r.head;
         status::update(path, |s| {
             s.progress = Some(json!({"phase": "pull", "seq": r.head.0, "target_seq": page.head.0}))
         });
@@ -375,6 +439,38 @@ pub fn pull_now<D: Db>(db: &D) -> Result<Summary, Error> {
         sum.add_pull(&pull(db, cfg, remote)?);
         Ok(())
     })
+}
+
+/// `pdb_bootstrap()`: installs the witness's newest snapshot if it is ahead of this
+/// device (pending local changes are rebased onto it), then pulls what came after.
+pub fn bootstrap_now<D: Db>(db: &D) -> Result<Summary, Error> {
+    run(db, |db, cfg, remote, sum| {
+        let path = status::db_path(db)?;
+        let b = bootstrap::bootstrap(db, cfg, remote, &path, bootstrap::Reason::Asked);
+        status::update(&path, |s| s.progress = None);
+        sum.add_pull(&Pull {
+            bootstrapped: b?,
+            ..Pull::default()
+        });
+        sum.add_pull(&pull(db, cfg, remote)?);
+        Ok(())
+    })
+}
+
+/// `pdb_open(...)`: stores the sync target; a database with nothing of the group yet
+/// then installs the newest snapshot right away. That part is best effort (offline
+/// is normal): its outcome shows in `pdb_status()`, and the next sync tries again.
+pub fn open<D: Db>(db: &D, url: &str, group: &str, token: &str, key: &str) -> Result<(), Error> {
+    config::open(db, url, group, token, key)?;
+    if db.is_autocommit() && bootstrap::is_empty(db)? {
+        let _ = run(db, |db, cfg, remote, sum| {
+            let path = status::db_path(db)?;
+            let b = bootstrap::bootstrap(db, cfg, remote, &path, bootstrap::Reason::Asked)?;
+            sum.bootstrapped = b;
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 /// `pdb_sync()`: push, pull, and again while rebased commits wait to be sent.
@@ -532,7 +628,30 @@ pub fn verify<D: Db>(db: &D) -> Result<String, Error> {
     let mut prev = genesis(&cfg.group);
     let mut last_state = None;
     let mut n: u64 = 0;
-    for seq in 1..=head_seq {
+    // A device that started from a snapshot holds the chain from the snapshot's
+    // certificate on; that certificate vouches for the head it was installed at.
+    let mut first = 1;
+    if let Some(Value::Integer(root)) = config::get(db, "root_seq")? {
+        let root = root.max(0) as u64;
+        let root_head = match config::get(db, "root_head")? {
+            Some(Value::Text(t)) => parse_hash(&String::from_utf8_lossy(&t)),
+            _ => None,
+        };
+        let c = certificate(db, root as i64)?.ok_or_else(|| {
+            Error::Diverged(format!(
+                "pdb_commits has no certificate for the snapshot's seq {root}"
+            ))
+        })?;
+        if Some(c.head) != root_head {
+            return Err(Error::Diverged(format!(
+                "stored certificate {root} is not the head the snapshot was installed at"
+            )));
+        }
+        c.verify_signature(&cfg.witness_key)
+            .map_err(|e| Error::Diverged(format!("stored certificate {root}: {e}")))?;
+        (prev, last_state, first, n) = (c.head, Some(c.state), root + 1, 1);
+    }
+    for seq in first..=head_seq {
         let c = certificate(db, seq as i64)?.ok_or_else(|| {
             Error::Diverged(format!("pdb_commits has no certificate for seq {seq}"))
         })?;

@@ -27,7 +27,7 @@ use crate::db::{transaction, Db, Stmt};
 use crate::rows::{
     key_bytes, key_columns, key_of, key_to_json, row_to_json, same_row, ChangesetBuilder, Row, Rows,
 };
-use crate::schema::{affinity, kept_as_is, Affinity};
+use crate::schema::{affinity, kept_as_is, quote, Affinity};
 use crate::state::StateVector;
 use crate::sync::config::{self, Config};
 use crate::sync::strategy::{self, Strategy};
@@ -98,13 +98,42 @@ pub fn integrate<D: Db>(
     commits: &[Pulled],
     dead: Option<(i64, &str)>,
 ) -> Result<Integrated, Error> {
+    integrate_incoming(db, cfg, Incoming::Commits(commits), dead)
+}
+
+/// What [`integrate_incoming`] lays under the pending local changes.
+pub enum Incoming<'a> {
+    /// Certified commits after the applied head, in order (verified as a chain first).
+    Commits(&'a [Pulled]),
+    /// The tables of a verified snapshot, attached as schema [`SNAPSHOT_SCHEMA`]: every
+    /// tracked table's rows are replaced by its rows, at `cert`'s head.
+    Snapshot {
+        /// The certificate of the snapshot's seq (its head and state).
+        cert: &'a Certificate,
+        /// The state vector of the snapshot's tables, computed from their rows.
+        state: StateVector,
+    },
+}
+
+/// The schema name a snapshot being installed is attached as.
+pub const SNAPSHOT_SCHEMA: &str = "pdb_snapshot";
+
+/// [`integrate`] for commits or a snapshot.
+pub fn integrate_incoming<D: Db>(
+    db: &D,
+    cfg: &Config,
+    incoming: Incoming<'_>,
+    dead: Option<(i64, &str)>,
+) -> Result<Integrated, Error> {
     let trusted = config::head(db, &cfg.group)?;
-    crate::history::verify_chain(
-        &cfg.witness_key,
-        &cfg.group,
-        trusted,
-        commits.iter().map(|p| (&p.cert, p.changeset.as_slice())),
-    )?;
+    if let Incoming::Commits(commits) = &incoming {
+        crate::history::verify_chain(
+            &cfg.witness_key,
+            &cfg.group,
+            trusted,
+            commits.iter().map(|p| (&p.cert, p.changeset.as_slice())),
+        )?;
+    }
     transaction(db, "pdb_pull", || {
         let tables = capture::tracked(db)?;
         let strategies = strategy::load(db)?;
@@ -141,8 +170,13 @@ pub fn integrate<D: Db>(
         // uncommitted edits are redone, and before the commit): they are muted anyway,
         // but cost a compile per statement and a WHEN per row. A small one keeps them,
         // as re-creating them costs more than it saves.
-        let bytes: usize = commits.iter().map(|p| p.changeset.len()).sum();
-        let mut muted = bytes > MUTE_ABOVE;
+        let mut muted = match &incoming {
+            Incoming::Commits(commits) => {
+                commits.iter().map(|p| p.changeset.len()).sum::<usize>() > MUTE_ABOVE
+            }
+            // Without triggers SQLite copies a snapshot's records as they are.
+            Incoming::Snapshot { .. } => true,
+        };
         if muted {
             capture::mute(db, &tables)?;
         }
@@ -161,9 +195,37 @@ pub fn integrate<D: Db>(
         }
         steps.reverse();
 
-        let mut state = config::state(db)?;
         let (mut seq, mut head) = trusted;
         let mut confirmed = 0;
+        let commits = match incoming {
+            Incoming::Commits(commits) => commits,
+            Incoming::Snapshot { cert, state } => {
+                rebase.replace_tables()?;
+                // A queued commit certified at or before the snapshot is in it.
+                let mut i = 0;
+                while i < steps.len() {
+                    match &steps[i].queued {
+                        Some(q) if q.pushed_seq.is_some_and(|s| s <= cert.seq) => {
+                            db.execute(
+                                "DELETE FROM pdb_upload_queue WHERE id = ?1",
+                                &[ValueRef::Integer(q.id)],
+                            )?;
+                            steps.remove(i);
+                            confirmed += 1;
+                        }
+                        _ => i += 1,
+                    }
+                }
+                // The history before the snapshot is no longer this device's to check:
+                // its chain starts again at the snapshot's certificate.
+                db.execute_batch("DELETE FROM pdb_commits")?;
+                record_commit(db, cert, None)?;
+                (seq, head) = (cert.seq, cert.head);
+                config::set_head(db, seq, &head, &state)?;
+                &[]
+            }
+        };
+        let mut state = config::state(db)?;
         for p in commits {
             rebase.apply_remote(p, &mut state)?;
             let mine = steps.iter().position(|s| {
@@ -444,6 +506,20 @@ impl<'d, D: Db + 'd> Rebase<'d, '_, D> {
 
     /// Applies one verified remote commit to the tables (which are at its base) and
     /// moves the state vector by the rows it touched, as SQLite stored them.
+    /// Replaces every tracked table's rows with those of the attached snapshot.
+    fn replace_tables(&mut self) -> Result<(), Error> {
+        for t in self.tables {
+            let name = quote(&t.info.name);
+            // Same columns, types and indexes, no triggers: SQLite's transfer
+            // optimisation copies the records and index entries without decoding them.
+            self.db.execute_batch(&format!(
+                "DELETE FROM main.{name}; INSERT INTO main.{name} SELECT * FROM {}.{name};",
+                quote(SNAPSHOT_SCHEMA)
+            ))?;
+        }
+        Ok(())
+    }
+
     fn apply_remote(&mut self, p: &Pulled, state: &mut StateVector) -> Result<(), Error> {
         let seq = p.cert.seq;
         let what = format!("commit {seq}");

@@ -1,0 +1,479 @@
+//! Starting from a snapshot (DESIGN §4, §6): download the witness's newest database
+//! image, check it, and install it under whatever is pending locally, instead of
+//! replaying the whole history.
+//!
+//! Nothing local changes until the image has passed every check: its manifest's
+//! signature (pinned key), that its head is the certified head of its seq, its size and
+//! BLAKE3, its schema, and the state digest of its rows. The download goes to a file
+//! beside the database and resumes from what that file holds after an interruption.
+//! The install is one transaction: the tables are created and tracked if new, the
+//! pending local changes are undone, every table takes the image's rows, and the local
+//! changes are redone over them with the tables' strategies (as a pull rebases), so a
+//! failure at any point leaves the database as it was.
+
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use crate::capture;
+use crate::cert::{hex, Certificate};
+use crate::db::{transaction, Db, Stmt};
+use crate::schema::{quote, schema_hash, TableInfo};
+use crate::snapshot::Manifest;
+use crate::state::StateVector;
+use crate::sync::config::{self, Config};
+use crate::sync::rebase::{self, Incoming, SNAPSHOT_SCHEMA};
+use crate::sync::status;
+use crate::transport::{Remote, TransportError};
+use crate::value::{Value, ValueRef};
+use crate::Error;
+
+/// Download attempts in one bootstrap while each one makes progress.
+const ATTEMPTS: usize = 5;
+
+/// Bytes between two progress reports.
+const REPORT_EVERY: u64 = 1 << 20;
+
+/// Why a bootstrap runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// `pdb_bootstrap()`, or a device with nothing of the group yet.
+    Asked,
+    /// The witness compacted the commits this device still needs.
+    Compacted,
+}
+
+/// What a bootstrap installed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bootstrapped {
+    /// The snapshot's seq, now the applied head.
+    pub seq: u64,
+    /// Size of the image.
+    pub bytes: u64,
+    /// Bytes already on disk from an interrupted download.
+    pub resumed: u64,
+    /// Local changes that did not survive as written (in `pdb_conflicts`).
+    pub conflicts: usize,
+}
+
+impl Bootstrapped {
+    /// As JSON, for `pdb_bootstrap()` and the sync summary.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({"seq": self.seq, "bytes": self.bytes, "resumed": self.resumed, "conflicts": self.conflicts})
+    }
+}
+
+fn refused(why: impl std::fmt::Display) -> Error {
+    Error::Snapshot(why.to_string())
+}
+
+fn progress(path: &str, value: serde_json::Value) {
+    status::update(path, |s| s.progress = Some(value));
+}
+
+/// Whether this database has nothing of its group yet: no applied commit, nothing
+/// pending, and every tracked table (if any) empty. Such a device starts from a
+/// snapshot when there is one.
+pub fn is_empty<D: Db>(db: &D) -> Result<bool, Error> {
+    if !capture::has_schema(db)? {
+        return Ok(true);
+    }
+    if !matches!(config::get(db, "head_seq")?, None | Some(Value::Integer(0))) {
+        return Ok(false);
+    }
+    if db
+        .query_value("SELECT 1 FROM pdb_upload_queue LIMIT 1", &[])?
+        .is_some()
+    {
+        return Ok(false);
+    }
+    for t in capture::tracked(db)? {
+        let sql = format!("SELECT 1 FROM main.{} LIMIT 1", quote(&t.info.name));
+        if db.query_value(&sql, &[])?.is_some() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Where the image of `m` is downloaded to: beside the database, so it lives as long
+/// as the database does and survives a restart (temporary folder for an in-memory one).
+fn download_path(db_path: &str, m: &Manifest) -> PathBuf {
+    let name = format!("-pdb-{}.snapshot", &hex(&m.blake3)[..16]);
+    if db_path.is_empty() {
+        std::env::temp_dir().join(format!("memory{name}"))
+    } else {
+        PathBuf::from(format!("{db_path}{name}"))
+    }
+}
+
+/// Removes images of other snapshots an earlier bootstrap left beside the database.
+fn remove_stale(keep: &Path) {
+    let (Some(dir), Some(name)) = (keep.parent(), keep.file_name()) else {
+        return;
+    };
+    let name = name.to_string_lossy();
+    let Some(prefix) = name.get(..name.len().saturating_sub("0123456789abcdef.snapshot".len()))
+    else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n != name && n.starts_with(prefix) && n.ends_with(".snapshot") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+fn io_error(file: &Path, e: std::io::Error) -> Error {
+    Error::Argument(format!("snapshot download file {}: {e}", file.display()))
+}
+
+/// Downloads the image of `m` into `file`, resuming from what it already holds, and
+/// checks its size and BLAKE3. Returns the bytes that were already there.
+fn download(remote: &Remote, m: &Manifest, file: &Path, db_path: &str) -> Result<u64, Error> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(file)
+        .map_err(|e| io_error(file, e))?;
+    let mut have = f.metadata().map_err(|e| io_error(file, e))?.len();
+    if have > m.size {
+        f.set_len(0).map_err(|e| io_error(file, e))?;
+        have = 0;
+    }
+    // The bytes already there count towards the hash: read them once more.
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut left = have;
+    while left > 0 {
+        let n = f
+            .read(&mut buf[..left.min(256 << 10) as usize])
+            .map_err(|e| io_error(file, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    let resumed = have;
+    let mut attempts = 0;
+    let mut last_error = None;
+    while have < m.size && attempts < ATTEMPTS {
+        attempts += 1;
+        let d = match remote.download(&m.object_path(), have)? {
+            Ok(d) => d,
+            Err(r) => return Err(Error::Rejected(r)),
+        };
+        if d.start == 0 && have > 0 {
+            // The witness sent the whole object instead of the rest.
+            f.set_len(0).map_err(|e| io_error(file, e))?;
+            hasher = blake3::Hasher::new();
+            have = 0;
+        }
+        f.seek(std::io::SeekFrom::Start(have))
+            .map_err(|e| io_error(file, e))?;
+        let mut body = d.body;
+        let before = have;
+        let mut reported = have;
+        loop {
+            let n = match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    last_error = Some(e.to_string());
+                    break;
+                }
+            };
+            if have + n as u64 > m.size {
+                drop(f);
+                let _ = std::fs::remove_file(file);
+                return Err(refused(format!(
+                    "object {} is larger than its manifest's {} bytes; nothing installed",
+                    hex(&m.blake3),
+                    m.size
+                )));
+            }
+            f.write_all(&buf[..n]).map_err(|e| io_error(file, e))?;
+            hasher.update(&buf[..n]);
+            have += n as u64;
+            if have - reported >= REPORT_EVERY || have == m.size {
+                reported = have;
+                progress(
+                    db_path,
+                    json!({"phase": "download", "bytes": have, "total": m.size, "seq": m.seq}),
+                );
+            }
+        }
+        if have == before {
+            // No progress: another attempt now would fail the same way.
+            break;
+        }
+    }
+    f.flush().map_err(|e| io_error(file, e))?;
+    if have < m.size {
+        // What arrived stays on disk: the next bootstrap asks only for the rest.
+        return Err(Error::Transport(TransportError::Unreachable(format!(
+            "snapshot download stopped at {have} of {} bytes ({}); it resumes from there",
+            m.size,
+            last_error.as_deref().unwrap_or("connection closed")
+        ))));
+    }
+    if *hasher.finalize().as_bytes() != m.blake3 {
+        drop(f);
+        let _ = std::fs::remove_file(file);
+        return Err(refused(format!(
+            "object {}: the downloaded bytes hash to something else (tampered or corrupt); nothing installed",
+            hex(&m.blake3)
+        )));
+    }
+    Ok(resumed)
+}
+
+/// The certificate of `m.seq`, checked against the pinned key, and the manifest's head
+/// and state checked against it: the image must be of a head in the certified history.
+fn certificate_of(remote: &Remote, cfg: &Config, m: &Manifest) -> Result<Certificate, Error> {
+    if m.seq == 0 {
+        return Err(refused("a snapshot at seq 0 holds nothing to start from"));
+    }
+    let page = remote
+        .pull(m.seq - 1, 1, std::time::Duration::ZERO)?
+        .map_err(Error::Rejected)?;
+    let Some(c) = page.commits.into_iter().find(|c| c.cert.seq == m.seq) else {
+        return Err(refused(format!(
+            "the witness serves no certificate for the snapshot's seq {}",
+            m.seq
+        )));
+    };
+    if c.cert.group != cfg.group {
+        return Err(refused(format!(
+            "the certificate of seq {} is for group \"{}\"",
+            m.seq, c.cert.group
+        )));
+    }
+    c.cert
+        .verify(&cfg.witness_key, &c.changeset)
+        .map_err(|e| refused(format!("the certificate of seq {}: {e}", m.seq)))?;
+    if c.cert.head != m.head || c.cert.state != m.state {
+        return Err(refused(format!(
+            "the manifest's head {} at seq {} is not the certified head {} (not in the history this device trusts); nothing installed",
+            hex(&m.head),
+            m.seq,
+            hex(&c.cert.head)
+        )));
+    }
+    Ok(c.cert)
+}
+
+/// The tables of the attached image, checked: only tables and their indexes, each one
+/// trackable, with the manifest's schema hash.
+fn image_tables<D: Db>(db: &D, m: &Manifest) -> Result<Vec<(TableInfo, Vec<String>)>, Error> {
+    let mut objects: Vec<(String, String, String, String)> = Vec::new();
+    let mut stmt = db.prepare(&format!(
+        "SELECT type, name, tbl_name, coalesce(sql, '') FROM {}.sqlite_schema \
+         WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY type DESC, name",
+        quote(SNAPSHOT_SCHEMA)
+    ))?;
+    stmt.query(&mut |r| {
+        let t = |i: usize| match r[i] {
+            ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+            _ => String::new(),
+        };
+        objects.push((t(0), t(1), t(2), t(3)));
+        Ok(())
+    })?;
+    drop(stmt);
+    let mut tables: Vec<(TableInfo, Vec<String>)> = Vec::new();
+    for (kind, name, _, sql) in &objects {
+        match kind.as_str() {
+            "table" => {
+                let info = crate::schema::table_info_in(db, SNAPSHOT_SCHEMA, name)
+                    .map_err(|e| refused(format!("the image's table \"{name}\": {e}")))?;
+                tables.push((info, vec![sql.clone()]));
+            }
+            "index" => {}
+            other => {
+                return Err(refused(format!(
+                    "the image holds {other} \"{name}\"; a snapshot holds only tables and indexes"
+                )))
+            }
+        }
+    }
+    for (kind, _, table, sql) in &objects {
+        if kind == "index" && !sql.is_empty() {
+            if let Some(t) = tables.iter_mut().find(|(t, _)| &t.name == table) {
+                t.1.push(sql.clone());
+            }
+        }
+    }
+    tables.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    let infos: Vec<TableInfo> = tables.iter().map(|t| t.0.clone()).collect();
+    if schema_hash(&infos) != m.schema_hash {
+        return Err(refused(format!(
+            "the image's tables have schema {}, not the manifest's {}",
+            hex(&schema_hash(&infos)),
+            hex(&m.schema_hash)
+        )));
+    }
+    Ok(tables)
+}
+
+/// Whether a table exists in the main database.
+fn exists<D: Db>(db: &D, name: &str) -> Result<bool, Error> {
+    Ok(db
+        .query_value(
+            "SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+            &[ValueRef::Text(name.as_bytes())],
+        )?
+        .is_some())
+}
+
+/// Checks the attached image and installs it in one transaction.
+fn install<D: Db>(
+    db: &D,
+    cfg: &Config,
+    m: &Manifest,
+    cert: &Certificate,
+    db_path: &str,
+) -> Result<usize, Error> {
+    let tables = image_tables(db, m)?;
+    let local: Vec<TableInfo> = capture::tracked(db)?.into_iter().map(|t| t.info).collect();
+    if !local.is_empty() && schema_hash(&local) != m.schema_hash {
+        let names: Vec<&str> = local.iter().map(|t| t.name.as_str()).collect();
+        return Err(Error::Schema(format!(
+            "schema_mismatch: the snapshot of group \"{}\" has schema {} but this device tracks {:?} with schema {}; nothing installed",
+            cfg.group,
+            hex(&m.schema_hash),
+            names,
+            hex(&schema_hash(&local))
+        )));
+    }
+    progress(db_path, json!({"phase": "verify", "seq": m.seq}));
+    let infos: Vec<TableInfo> = tables.iter().map(|t| t.0.clone()).collect();
+    let state: StateVector = crate::history::state_in(db, SNAPSHOT_SCHEMA, &infos)?;
+    if state.digest() != m.state {
+        return Err(refused(format!(
+            "the image's rows have state digest {}, not the certified {} of seq {}; nothing installed",
+            hex(&state.digest()),
+            hex(&m.state),
+            m.seq
+        )));
+    }
+    progress(db_path, json!({"phase": "install", "seq": m.seq}));
+    transaction(db, "pdb_bootstrap", || {
+        capture::ensure_schema(db)?;
+        for (info, ddl) in &tables {
+            if !exists(db, &info.name)? {
+                for sql in ddl {
+                    db.execute_batch(sql)?;
+                }
+            }
+            capture::track(db, &info.name)?;
+        }
+        let tracked: Vec<TableInfo> = capture::tracked(db)?.into_iter().map(|t| t.info).collect();
+        if schema_hash(&tracked) != m.schema_hash {
+            return Err(Error::Schema(format!(
+                "schema_mismatch: this device's tables \"{}\" differ from the snapshot's (schema {}); nothing installed",
+                tracked.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join("\", \""),
+                hex(&m.schema_hash)
+            )));
+        }
+        let done = rebase::integrate_incoming(db, cfg, Incoming::Snapshot { cert, state }, None)?;
+        config::set(db, "root_seq", ValueRef::Integer(m.seq as i64))?;
+        config::set(db, "root_head", ValueRef::Text(hex(&m.head).as_bytes()))?;
+        Ok(done.conflicts)
+    })
+}
+
+/// Installs the witness's newest snapshot if it is ahead of this device; `None` when
+/// there is none, or it would not move the device forward.
+pub fn bootstrap<D: Db>(
+    db: &D,
+    cfg: &Config,
+    remote: &Remote,
+    db_path: &str,
+    reason: Reason,
+) -> Result<Option<Bootstrapped>, Error> {
+    let result = run(db, cfg, remote, db_path, reason);
+    status::update(db_path, |s| s.progress = None);
+    result
+}
+
+fn run<D: Db>(
+    db: &D,
+    cfg: &Config,
+    remote: &Remote,
+    db_path: &str,
+    reason: Reason,
+) -> Result<Option<Bootstrapped>, Error> {
+    if !db.is_autocommit() {
+        return Err(Error::Argument(
+            "a bootstrap replaces the group's tables in its own transaction: call it outside one"
+                .into(),
+        ));
+    }
+    progress(db_path, json!({"phase": "manifest"}));
+    let Some(m) = remote.latest_snapshot()?.map_err(Error::Rejected)? else {
+        return match reason {
+            Reason::Asked => Ok(None),
+            Reason::Compacted => Err(refused(
+                "the witness compacted the commits this device needs but has no snapshot",
+            )),
+        };
+    };
+    if m.group != cfg.group {
+        return Err(refused(format!(
+            "the manifest is for group \"{}\", not \"{}\"",
+            m.group, cfg.group
+        )));
+    }
+    m.verify(&cfg.witness_key)
+        .map_err(|e| refused(format!("manifest of seq {}: {e}; nothing installed", m.seq)))?;
+    let (seq, _) = config::head(db, &cfg.group)?;
+    if m.seq <= seq {
+        return match reason {
+            Reason::Asked => Ok(None),
+            Reason::Compacted => Err(refused(format!(
+                "the witness compacted the commits after this device's head {seq}, but its newest snapshot is at seq {}",
+                m.seq
+            ))),
+        };
+    }
+    let cert = certificate_of(remote, cfg, &m)?;
+    let file = download_path(db_path, &m);
+    remove_stale(&file);
+    progress(
+        db_path,
+        json!({"phase": "download", "bytes": 0, "total": m.size, "seq": m.seq}),
+    );
+    let resumed = download(remote, &m, &file, db_path)?;
+    db.execute(
+        &format!("ATTACH ?1 AS {}", quote(SNAPSHOT_SCHEMA)),
+        &[ValueRef::Text(file.to_string_lossy().as_bytes())],
+    )?;
+    let installed = install(db, cfg, &m, &cert, db_path);
+    let detached = db.execute_batch(&format!("DETACH {}", quote(SNAPSHOT_SCHEMA)));
+    // A refused image would be refused again: only a local failure (a busy
+    // database, say) keeps it for the next try.
+    if matches!(installed, Ok(_) | Err(Error::Snapshot(_))) {
+        let _ = std::fs::remove_file(&file);
+    }
+    let conflicts = installed?;
+    detached?;
+    Ok(Some(Bootstrapped {
+        seq: m.seq,
+        bytes: m.size,
+        resumed,
+        conflicts,
+    }))
+}
