@@ -41,6 +41,9 @@ pub enum CertError {
     /// A field is missing or not of the documented form.
     #[error("certificate field \"{0}\" is missing or malformed")]
     Field(&'static str),
+    /// A snapshot manifest's field is missing or not of the documented form.
+    #[error("snapshot manifest field \"{0}\" is missing or malformed")]
+    ManifestField(&'static str),
     /// The certificate names another witness than the pinned one.
     #[error("certificate is signed by witness {found}, not the pinned {pinned}")]
     WrongWitness {

@@ -129,14 +129,23 @@ impl Manifest {
 
     /// Reads the JSON object written by [`Manifest::to_json`].
     pub fn from_json(v: &serde_json::Value) -> Result<Manifest, CertError> {
-        let s = |k: &'static str| v.get(k).and_then(|x| x.as_str()).ok_or(CertError::Field(k));
-        let h = |k: &'static str| s(k).and_then(|x| parse_hash(x).ok_or(CertError::Field(k)));
-        let n = |k: &'static str| v.get(k).and_then(|x| x.as_u64()).ok_or(CertError::Field(k));
+        let s = |k: &'static str| {
+            v.get(k)
+                .and_then(|x| x.as_str())
+                .ok_or(CertError::ManifestField(k))
+        };
+        let h =
+            |k: &'static str| s(k).and_then(|x| parse_hash(x).ok_or(CertError::ManifestField(k)));
+        let n = |k: &'static str| {
+            v.get(k)
+                .and_then(|x| x.as_u64())
+                .ok_or(CertError::ManifestField(k))
+        };
         let signature = base64::engine::general_purpose::STANDARD
             .decode(s("signature")?)
             .ok()
             .and_then(|b| <[u8; 64]>::try_from(b).ok())
-            .ok_or(CertError::Field("signature"))?;
+            .ok_or(CertError::ManifestField("signature"))?;
         Ok(Manifest {
             group: s("group")?.to_string(),
             seq: n("seq")?,
@@ -188,7 +197,7 @@ mod tests {
         j.remove("blake3");
         assert_eq!(
             Manifest::from_json(&serde_json::Value::Object(j)),
-            Err(CertError::Field("blake3"))
+            Err(CertError::ManifestField("blake3"))
         );
     }
 }

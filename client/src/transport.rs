@@ -285,7 +285,7 @@ impl Remote {
         match answer {
             Ok(json) => Manifest::from_json(&json)
                 .map(|m| Ok(Some(m)))
-                .map_err(|e| TransportError::Protocol(format!("snapshot manifest: {e}"))),
+                .map_err(|e| TransportError::Protocol(e.to_string())),
             Err(r) if status == 404 && r.code == "not_found" => Ok(Ok(None)),
             Err(r) => Ok(Err(r)),
         }

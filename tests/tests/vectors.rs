@@ -799,6 +799,18 @@ fn vectors_match_the_design() {
         "signature": b64(&sig),
     });
     assert_eq!(snap["manifest"], manifest);
+    // pdb_client's manifest reads the vector (plus the witness key it serves with it)
+    // and verifies it, with the same message bytes.
+    let mut served = manifest.as_object().unwrap().clone();
+    served.insert("witness_key".into(), s(&v["key"], "public").into());
+    let m = pdb_client::snapshot::Manifest::from_json(&Value::Object(served)).unwrap();
+    assert_eq!(
+        pdb_client::snapshot::snapshot_message(
+            &m.group, m.seq, &m.head, &m.state, &m.blake3, m.size
+        ),
+        message
+    );
+    m.verify(&vk.to_bytes()).unwrap();
 
     // Everything else (the informative SQL, the wording), and the exact text.
     let text = std::fs::read_to_string(vectors_path()).unwrap();

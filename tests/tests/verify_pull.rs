@@ -42,15 +42,21 @@ impl Fake {
                 while reader.read_line(&mut line).unwrap() > 2 {
                     line.clear();
                 }
-                let body = if request.contains("/commits") {
-                    p.lock().unwrap().clone()
+                // This witness has no snapshots: the history is all there is.
+                let (status, body) = if request.contains("/snapshots") {
+                    (
+                        "404 Not Found",
+                        json!({"code": "not_found", "detail": "no snapshot"}),
+                    )
+                } else if request.contains("/commits") {
+                    ("200 OK", p.lock().unwrap().clone())
                 } else {
-                    i.lock().unwrap().clone()
+                    ("200 OK", i.lock().unwrap().clone())
                 };
                 let body = body.to_string();
                 let _ = write!(
                     stream,
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
             }
