@@ -320,6 +320,77 @@ impl Client {
             all.extend(page);
         }
     }
+
+    // ----- Snapshots and objects (DESIGN §4-5) -----------------------------------
+
+    /// `GET /v1/groups/{g}/snapshots/latest`.
+    pub fn snapshot_latest(&self, group: &str) -> Reply {
+        self.send(
+            "GET",
+            &format!("/v1/groups/{group}/snapshots/latest"),
+            &[],
+            None,
+        )
+        .expect("witness reachable")
+    }
+
+    /// `POST /v1/groups/{g}/snapshots`: a snapshot at the current head (admin).
+    pub fn snapshot_make(&self, group: &str) -> Reply {
+        self.send("POST", &format!("/v1/groups/{group}/snapshots"), &[], None)
+            .expect("witness reachable")
+    }
+
+    /// `GET /v1/groups/{g}/snapshots?at=<at>`; `at` is sent as given, so that tests
+    /// can send what is not a number.
+    pub fn snapshot_at(&self, group: &str, at: &str) -> Reply {
+        self.send(
+            "GET",
+            &format!("/v1/groups/{group}/snapshots?at={at}"),
+            &[],
+            None,
+        )
+        .expect("witness reachable")
+    }
+
+    /// `GET /v1/objects/{name}` with an optional `Range` header; the body as bytes.
+    pub fn object(&self, name: &str, range: Option<&str>) -> RawReply {
+        let mut req = self.http.get(format!("{}/v1/objects/{name}", self.url));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(r) = range {
+            req = req.header("Range", r);
+        }
+        let resp = req.send().expect("witness reachable");
+        RawReply {
+            status: resp.status().as_u16(),
+            headers: resp.headers().clone(),
+            bytes: resp.bytes().expect("body").to_vec(),
+        }
+    }
+}
+
+/// An HTTP response whose body is kept as bytes (a snapshot object).
+#[derive(Debug, Clone)]
+pub struct RawReply {
+    /// HTTP status.
+    pub status: u16,
+    /// Every response header.
+    pub headers: reqwest::header::HeaderMap,
+    /// The body.
+    pub bytes: Vec<u8>,
+}
+
+impl RawReply {
+    /// A header's value, if present and text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body as JSON (a problem document), or `Null`.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.bytes).unwrap_or(Value::Null)
+    }
 }
 
 /// The payload of a pulled commit.

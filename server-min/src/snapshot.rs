@@ -507,10 +507,12 @@ impl Snapshots {
         let Some(b) = base else {
             return Ok(replica);
         };
-        replica.begin().map_err(unavailable)?;
+        // Loaded before the transaction: `load_tables` ends by detaching the file it
+        // read, which SQLite refuses ("database is locked") inside a transaction.
         replica
             .load_tables(&self.object_path(&b.blake3))
             .map_err(unavailable)?;
+        replica.begin().map_err(unavailable)?;
         let state = replica.full_state().map_err(unavailable)?;
         if state.digest() != b.state {
             return Err(unavailable(format!(
@@ -540,10 +542,11 @@ impl Snapshots {
             .ok_or_else(|| format!("group \"{group_name}\" is compacted but has no snapshot"))?;
         remove_db(path);
         let replica = Replica::create(path, ddl, genesis(group_name)).map_err(|e| e.to_string())?;
-        replica.begin().map_err(|e| e.to_string())?;
+        // Before the transaction, as in `seed`.
         replica
             .load_tables(&self.object_path(&row.blake3))
             .map_err(|e| e.to_string())?;
+        replica.begin().map_err(|e| e.to_string())?;
         let state = replica.full_state().map_err(|e| e.to_string())?;
         if state.digest() != row.state {
             return Err(format!(

@@ -51,7 +51,8 @@ pub struct Bootstrapped {
     pub seq: u64,
     /// Size of the image.
     pub bytes: u64,
-    /// Bytes already on disk from an interrupted download.
+    /// Bytes of an interrupted download that were kept (0 when the witness sent the
+    /// whole object again).
     pub resumed: u64,
     /// Local changes that did not survive as written (in `pdb_conflicts`).
     pub conflicts: usize,
@@ -138,7 +139,7 @@ fn io_error(file: &Path, e: std::io::Error) -> Error {
 }
 
 /// Downloads the image of `m` into `file`, resuming from what it already holds, and
-/// checks its size and BLAKE3. Returns the bytes that were already there.
+/// checks its size and BLAKE3. Returns how many bytes already there were kept.
 fn download(remote: &Remote, m: &Manifest, file: &Path, db_path: &str) -> Result<u64, Error> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -166,7 +167,7 @@ fn download(remote: &Remote, m: &Manifest, file: &Path, db_path: &str) -> Result
         hasher.update(&buf[..n]);
         left -= n as u64;
     }
-    let resumed = have;
+    let mut resumed = have;
     let mut attempts = 0;
     let mut last_error = None;
     while have < m.size && attempts < ATTEMPTS {
@@ -180,6 +181,7 @@ fn download(remote: &Remote, m: &Manifest, file: &Path, db_path: &str) -> Result
             f.set_len(0).map_err(|e| io_error(file, e))?;
             hasher = blake3::Hasher::new();
             have = 0;
+            resumed = 0;
         }
         f.seek(std::io::SeekFrom::Start(have))
             .map_err(|e| io_error(file, e))?;
@@ -338,8 +340,11 @@ fn exists<D: Db>(db: &D, name: &str) -> Result<bool, Error> {
         .is_some())
 }
 
-/// Checks the attached image and installs it in one transaction.
-fn install<D: Db>(
+/// Checks the image attached as [`SNAPSHOT_SCHEMA`] against `m` (tables, schema, state
+/// digest) and installs it in one transaction at `cert`'s head, rebasing pending local
+/// changes; returns the conflicts recorded. `cert` must already be checked against `m`
+/// (the bootstrap does it before downloading). Nothing changes unless it succeeds.
+pub fn install_attached<D: Db>(
     db: &D,
     cfg: &Config,
     m: &Manifest,
@@ -461,7 +466,7 @@ fn run<D: Db>(
         &format!("ATTACH ?1 AS {}", quote(SNAPSHOT_SCHEMA)),
         &[ValueRef::Text(file.to_string_lossy().as_bytes())],
     )?;
-    let installed = install(db, cfg, &m, &cert, db_path);
+    let installed = install_attached(db, cfg, &m, &cert, db_path);
     let detached = db.execute_batch(&format!("DETACH {}", quote(SNAPSHOT_SCHEMA)));
     // A refused image would be refused again: only a local failure (a busy
     // database, say) keeps it for the next try.
