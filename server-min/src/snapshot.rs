@@ -328,12 +328,20 @@ impl Snapshots {
             .map_err(|e| unavailable(format!("copying the replica: {e}")))?
             .ok_or_else(|| unavailable("the replica has no position"))?;
         let (head, seq) = (pos.head, pos.seq);
-        if let Some(existing) = self
+        if let Some(mut existing) = self
             .store
             .snapshot_before(group.info.id, seq)
             .map_err(unavailable)?
             .filter(|r| r.seq == seq)
         {
+            if existing.kind == Kind::Restore.as_str() {
+                // Made for a restore, now wanted as a retained snapshot.
+                existing.kind = kind.as_str().to_string();
+                self.store
+                    .add_snapshot(group.info.id, existing.clone())
+                    .map_err(unavailable)?;
+                self.retain(group)?;
+            }
             return Ok(self.manifest(group, &existing));
         }
         self.publish(group, file, seq, head, kind)

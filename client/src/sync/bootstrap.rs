@@ -409,8 +409,22 @@ pub fn bootstrap<D: Db>(
     db_path: &str,
     reason: Reason,
 ) -> Result<Option<Bootstrapped>, Error> {
+    let mut busy = false;
+    status::update(db_path, |s| {
+        busy = s.bootstrapping;
+        s.bootstrapping = true;
+    });
+    if busy {
+        // The other one writes the same download file.
+        return Err(Error::Argument(
+            "a bootstrap of this database is already running in this process".into(),
+        ));
+    }
     let result = run(db, cfg, remote, db_path, reason);
-    status::update(db_path, |s| s.progress = None);
+    status::update(db_path, |s| {
+        s.progress = None;
+        s.bootstrapping = false;
+    });
     result
 }
 

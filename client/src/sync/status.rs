@@ -22,8 +22,10 @@ pub struct Live {
     pub worker: bool,
     /// The group info was checked against this device (witness key, schema).
     pub checked: bool,
-    /// A long pull's progress (`{"phase", "seq", "target_seq"}`), while it runs.
+    /// A long pull's or a bootstrap's progress (`{"phase", ...}`), while it runs.
     pub progress: Option<serde_json::Value>,
+    /// A bootstrap of this database runs in this process (it owns the download file).
+    pub bootstrapping: bool,
 }
 
 fn registry() -> &'static Mutex<HashMap<String, Live>> {
