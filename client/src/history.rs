@@ -78,23 +78,30 @@ pub fn state_of<D: Db>(db: &D, tables: &[TableInfo]) -> Result<StateVector, Erro
     state_in(db, "main", tables)
 }
 
-/// [`state_of`] for the tables of the attached database `schema`.
+/// [`state_of`] for the tables of the attached database `schema`. Rows are read here
+/// and hashed on worker threads.
 pub fn state_in<D: Db>(db: &D, schema: &str, tables: &[TableInfo]) -> Result<StateVector, Error> {
     let mut state = StateVector::new();
-    for t in tables {
-        let cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
-        let sql = format!(
-            "SELECT {} FROM {}.{}",
-            cols.join(", "),
-            quote(schema),
-            quote(&t.name)
-        );
-        let mut stmt = db.prepare(&sql)?;
-        stmt.query(&mut |row| {
-            state.add_row(&t.name, row);
-            Ok(())
-        })?;
-    }
+    state.add_rows_parallel(|push| {
+        let mut enc = Vec::with_capacity(256);
+        for t in tables {
+            let cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
+            let sql = format!(
+                "SELECT {} FROM {}.{}",
+                cols.join(", "),
+                quote(schema),
+                quote(&t.name)
+            );
+            let mut stmt = db.prepare(&sql)?;
+            stmt.query(&mut |row| {
+                enc.clear();
+                crate::state::encode_row_into(&mut enc, &t.name, row);
+                push(&enc);
+                Ok(())
+            })?;
+        }
+        Ok::<(), Error>(())
+    })?;
     Ok(state)
 }
 

@@ -40,15 +40,30 @@ pub fn row_encoding(table: &str, values: &[ValueRef<'_>]) -> Vec<u8> {
     enc
 }
 
+/// Appends a row's encoding (see [`row_encoding`]) to `out`.
+pub fn encode_row_into(out: &mut Vec<u8>, table: &str, values: &[ValueRef<'_>]) {
+    put_str(out, table);
+    for v in values {
+        v.encode(out);
+    }
+}
+
 /// A row's element: 2048 bytes of BLAKE3 output over `"pdb/v1 row" || encoding`.
 fn element(table: &str, values: &[ValueRef<'_>]) -> [u8; 2 * LANES] {
+    element_of(&row_encoding(table, values))
+}
+
+fn element_of(encoding: &[u8]) -> [u8; 2 * LANES] {
     let mut h = blake3::Hasher::new();
     h.update(b"pdb/v1 row");
-    h.update(&row_encoding(table, values));
+    h.update(encoding);
     let mut out = [0u8; 2 * LANES];
     h.finalize_xof().fill(&mut out);
     out
 }
+
+/// Rows handed to a hashing thread at a time (bytes of encodings, about).
+const BATCH: usize = 256 << 10;
 
 impl StateVector {
     /// The empty database's vector (all zero).
@@ -58,10 +73,77 @@ impl StateVector {
 
     /// Adds a row that now exists.
     pub fn add_row(&mut self, table: &str, values: &[ValueRef<'_>]) {
-        let e = element(table, values);
+        self.add_element(&element(table, values));
+    }
+
+    fn add_element(&mut self, e: &[u8; 2 * LANES]) {
         for (lane, pair) in self.lanes.iter_mut().zip(e.chunks_exact(2)) {
             *lane = lane.wrapping_add(u16::from_le_bytes([pair[0], pair[1]]));
         }
+    }
+
+    fn add_vector(&mut self, other: &StateVector) {
+        for (a, b) in self.lanes.iter_mut().zip(other.lanes.iter()) {
+            *a = a.wrapping_add(*b);
+        }
+    }
+
+    /// Adds every row `feed` encodes (with [`encode_row_into`]), hashing them on worker
+    /// threads while `feed` runs on this one, where the database connection is: a full
+    /// count is mostly hashing, which then runs beside the reading.
+    pub fn add_rows_parallel<E>(
+        &mut self,
+        feed: impl FnOnce(&mut dyn FnMut(&[u8])) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2 * threads);
+        let rx = std::sync::Mutex::new(rx);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut sum = StateVector::new();
+                        loop {
+                            let batch = match rx.lock() {
+                                Ok(r) => r.recv(),
+                                Err(_) => break,
+                            };
+                            let Ok(batch) = batch else { break };
+                            let mut rest = batch.as_slice();
+                            while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+                                let len = u32::from_le_bytes(*len) as usize;
+                                let (enc, tail) = tail.split_at(len.min(tail.len()));
+                                sum.add_element(&element_of(enc));
+                                rest = tail;
+                            }
+                        }
+                        sum
+                    })
+                })
+                .collect();
+            let mut batch = Vec::with_capacity(BATCH + 4096);
+            let mut send = |enc: &[u8]| {
+                batch.extend_from_slice(&(enc.len() as u32).to_le_bytes());
+                batch.extend_from_slice(enc);
+                if batch.len() >= BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH + 4096));
+                    let _ = tx.send(full);
+                }
+            };
+            let fed = feed(&mut send);
+            if !batch.is_empty() {
+                let _ = tx.send(std::mem::take(&mut batch));
+            }
+            drop(tx);
+            for w in workers {
+                // A worker only panics if hashing does; then the sum is wrong: re-raise.
+                match w.join() {
+                    Ok(v) => self.add_vector(&v),
+                    Err(p) => std::panic::resume_unwind(p),
+                }
+            }
+            fed
+        })
     }
 
     /// Removes a row that no longer exists.
@@ -127,6 +209,27 @@ mod tests {
         let mut b = StateVector::new();
         b.add_row("u", &row(1));
         assert_ne!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn parallel_sum_equals_row_by_row() {
+        let mut one = StateVector::new();
+        let mut par = StateVector::new();
+        par.add_rows_parallel(|push| {
+            let mut enc = Vec::new();
+            for i in 0..20_000 {
+                one.add_row("t", &row(i));
+                enc.clear();
+                encode_row_into(&mut enc, "t", &row(i));
+                push(&enc);
+            }
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(par, one);
+        let mut none = StateVector::new();
+        none.add_rows_parallel(|_| Ok::<(), ()>(())).unwrap();
+        assert_eq!(none, StateVector::new());
     }
 
     proptest! {
