@@ -44,8 +44,8 @@ pub enum CertError {
     /// A snapshot manifest's field is missing or not of the documented form.
     #[error("snapshot manifest field \"{0}\" is missing or malformed")]
     ManifestField(&'static str),
-    /// The certificate names another witness than the pinned one.
-    #[error("certificate is signed by witness {found}, not the pinned {pinned}")]
+    /// The certificate (or manifest) names another witness than the pinned one.
+    #[error("signed by witness {found}, not the pinned {pinned}")]
     WrongWitness {
         /// Key the certificate names.
         found: String,
@@ -68,6 +68,12 @@ pub enum CertError {
     #[error("commit {seq}: bad witness signature")]
     Signature {
         /// Seq of the commit.
+        seq: u64,
+    },
+    /// A snapshot manifest's signature does not verify under the witness key.
+    #[error("bad witness signature on the snapshot manifest of seq {seq}")]
+    ManifestSignature {
+        /// Seq the manifest names.
         seq: u64,
     },
 }

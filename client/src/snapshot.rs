@@ -89,7 +89,7 @@ impl Manifest {
                 pinned: hex(pinned),
             });
         }
-        let bad = CertError::Signature { seq: self.seq };
+        let bad = CertError::ManifestSignature { seq: self.seq };
         let key = VerifyingKey::from_bytes(pinned).map_err(|_| bad.clone())?;
         let msg = snapshot_message(
             &self.group,

@@ -168,6 +168,10 @@ fn download(remote: &Remote, m: &Manifest, file: &Path, db_path: &str) -> Result
         left -= n as u64;
     }
     let mut resumed = have;
+    progress(
+        db_path,
+        json!({"phase": "download", "bytes": have, "total": m.size, "seq": m.seq}),
+    );
     let mut attempts = 0;
     let mut last_error = None;
     while have < m.size && attempts < ATTEMPTS {
@@ -442,7 +446,16 @@ fn run<D: Db>(
         ));
     }
     progress(db_path, json!({"phase": "manifest"}));
-    let Some(m) = remote.latest_snapshot()?.map_err(Error::Rejected)? else {
+    let latest = match remote.latest_snapshot() {
+        // The witness answered, with something that is not a manifest.
+        Err(TransportError::Protocol(why)) => {
+            return Err(refused(format!(
+                "the witness's manifest: {why}; nothing installed"
+            )))
+        }
+        other => other?,
+    };
+    let Some(m) = latest.map_err(Error::Rejected)? else {
         return match reason {
             Reason::Asked => Ok(None),
             Reason::Compacted => Err(refused(
@@ -457,7 +470,7 @@ fn run<D: Db>(
         )));
     }
     m.verify(&cfg.witness_key)
-        .map_err(|e| refused(format!("manifest of seq {}: {e}; nothing installed", m.seq)))?;
+        .map_err(|e| refused(format!("{e}; nothing installed")))?;
     let (seq, _) = config::head(db, &cfg.group)?;
     if m.seq <= seq {
         return match reason {
@@ -471,10 +484,6 @@ fn run<D: Db>(
     let cert = certificate_of(remote, cfg, &m)?;
     let file = download_path(db_path, &m);
     remove_stale(&file);
-    progress(
-        db_path,
-        json!({"phase": "download", "bytes": 0, "total": m.size, "seq": m.seq}),
-    );
     let resumed = download(remote, &m, &file, db_path)?;
     db.execute(
         &format!("ATTACH ?1 AS {}", quote(SNAPSHOT_SCHEMA)),

@@ -98,7 +98,14 @@ fn note<D: Db, T>(db: &D, path: &str, r: Result<T, Error>) -> Result<T, Error> {
     let now = capture::now_ms();
     let (online, error) = match &r {
         Ok(_) => (true, None),
-        Err(e) => (!matches!(e, Error::Transport(_)), Some(e.to_string())),
+        // A garbled answer is still an answer: only no answer at all is offline.
+        Err(e) => (
+            !matches!(
+                e,
+                Error::Transport(crate::transport::TransportError::Unreachable(_))
+            ),
+            Some(e.to_string()),
+        ),
     };
     let before = status::get(path);
     status::update(path, |s| {
