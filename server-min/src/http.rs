@@ -482,7 +482,7 @@ async fn get_snapshot_at(
     let r = async {
         authorize(&app, &headers, &g, Role::Read)?;
         let group = find(&app, &g)?;
-        let Some(at) = q.at.as_deref() else {
+        let Some(at) = q.at.as_deref().filter(|a| !a.is_empty()) else {
             return Err(Problem::new(
                 Code::BadRequest,
                 "query parameter at=<seq> is required (or GET .../snapshots/latest)",

@@ -469,7 +469,9 @@ impl Snapshots {
             return Ok(self.manifest(group, b));
         }
         let oldest = self.store.oldest_head(id).map_err(unavailable)?;
-        if seq < oldest {
+        // Replaying from the base needs the commits after it, and none before `oldest`
+        // are kept.
+        if seq < oldest || base.as_ref().map_or(0, |b| b.seq) < oldest {
             return Err(Problem::new(
                 Code::Compacted,
                 format!("commits before seq {oldest} were compacted; seq {seq} cannot be restored"),
