@@ -698,3 +698,43 @@ def test_pdb_resolve_on_a_fresh_database_says_there_is_no_such_conflict(connect)
     with pytest.raises(sqlite3.OperationalError) as info:
         conn.execute("SELECT pdb_resolve(1, 'local')")
     assert str(info.value) == "pdb_resolve: argument 1: there is no conflict with id 1"
+
+
+# --------------------------------------------------------------------------------------
+# Bootstrap: a Python host with an empty database starts from the witness's snapshot
+
+
+def test_an_empty_database_starts_from_the_snapshot(witness, group, device, connect, tmp_path):
+    a = device("a", group)
+    a.executescript("INSERT INTO notes VALUES (1, 'one', NULL), (2, 'two', 'x');")
+    assert commit(a) == 1
+    sync(a)
+    status, snap = witness.request("POST", f"/v1/groups/{group}/snapshots")
+    assert status == 201, snap
+    assert snap["seq"] == 1 and snap["object"] == "/v1/objects/" + snap["blake3"]
+    a.execute("INSERT INTO notes VALUES (3, 'three', NULL)")
+    commit(a)
+    sync(a)
+
+    # No table, nothing tracked: pdb_open installs the snapshot's tables and rows.
+    b = connect(tmp_path / "b.db")
+    assert one(b, "SELECT pdb_open(?, ?, ?, ?)", witness.url, group,
+               witness.token("b", group), witness.key) == group
+    st = js(b, "SELECT pdb_status()")
+    assert st["head"]["seq"] == 1 and st["progress"] is None and st["last_error"] is None, st
+    assert notes(b) == [(1, "one", None), (2, "two", "x")]
+    assert one(b, "SELECT pdb_changeset()") is None
+    # The rest comes with the next sync; the chain verifies from the snapshot on.
+    s = sync(b)
+    assert (s["pulled"], s["head"]["seq"]) == (1, 2), s
+    assert notes(b) == notes(a)
+    v = js(b, "SELECT pdb_verify()")
+    assert (v["commits"], v["state"]) == (2, "ok"), v
+    b.execute("UPDATE notes SET b = 'from b' WHERE id = 3")
+    commit(b)
+    sync(b)
+    sync(a)
+    assert notes(a) == notes(b)
+    # Nothing newer than the device: pdb_bootstrap() installs nothing and pulls.
+    s = js(b, "SELECT pdb_bootstrap()")
+    assert "bootstrapped" not in s and s["head"]["seq"] == 3, s
