@@ -103,7 +103,8 @@ pub fn is_empty<D: Db>(db: &D) -> Result<bool, Error> {
 fn download_path(db_path: &str, m: &Manifest) -> PathBuf {
     let name = format!("-pdb-{}.snapshot", &hex(&m.blake3)[..16]);
     if db_path.is_empty() {
-        std::env::temp_dir().join(format!("memory{name}"))
+        // Nothing outlives the process there: the name is the process's own.
+        std::env::temp_dir().join(format!("memory-{}{name}", std::process::id()))
     } else {
         PathBuf::from(format!("{db_path}{name}"))
     }
@@ -384,7 +385,9 @@ pub fn install_attached<D: Db>(
         for (info, ddl) in &tables {
             if !exists(db, &info.name)? {
                 for sql in ddl {
-                    db.execute_batch(sql)?;
+                    // One statement: SQLite reads only the first of an entry's text, so
+                    // a second one there is no part of the image's schema.
+                    db.execute(sql, &[])?;
                 }
             }
             capture::track(db, &info.name)?;
