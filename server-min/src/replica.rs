@@ -106,6 +106,24 @@ fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// The position recorded in the replica attached to `conn` as `schema` (an identifier
+/// the caller chose).
+pub fn read_position(conn: &Connection, schema: &str) -> rusqlite::Result<Position> {
+    conn.query_row(
+        &format!("SELECT seq, head, state FROM {schema}.pdb_replica WHERE id = 1"),
+        [],
+        |r| {
+            let head: Vec<u8> = r.get(1)?;
+            let state: Vec<u8> = r.get(2)?;
+            Ok(Position {
+                seq: r.get::<_, i64>(0)? as u64,
+                head: head.try_into().unwrap_or([0; 32]),
+                state: StateVector::from_bytes(&state).unwrap_or_default(),
+            })
+        },
+    )
+}
+
 /// Runs `ddl` in `conn` and reads back the tables it made, refusing anything but
 /// trackable tables and their indexes.
 fn install_schema(conn: &Connection, ddl: &str) -> Result<Vec<TableInfo>, SchemaError> {
@@ -250,19 +268,7 @@ impl Replica {
 
     /// The last applied commit.
     pub fn position(&self) -> Result<Position, rusqlite::Error> {
-        self.conn.query_row(
-            "SELECT seq, head, state FROM pdb_replica WHERE id = 1",
-            [],
-            |r| {
-                let head: Vec<u8> = r.get(1)?;
-                let state: Vec<u8> = r.get(2)?;
-                Ok(Position {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    head: head.try_into().unwrap_or([0; 32]),
-                    state: StateVector::from_bytes(&state).unwrap_or_default(),
-                })
-            },
-        )
+        read_position(&self.conn, "main")
     }
 
     /// Records the last applied commit (inside the batch's transaction).

@@ -19,11 +19,11 @@ use pdb_client::cert::{genesis, hex, Hash};
 use pdb_client::schema::quote;
 use pdb_client::snapshot::Manifest;
 use pdb_client::state::StateVector;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use crate::group::{replay, Group};
 use crate::problem::{Code, Problem};
-use crate::replica::{Position, Replica};
+use crate::replica::{read_position, Position, Replica};
 use crate::store::{SnapshotRow, Store};
 
 /// When snapshots are made and how many are kept.
@@ -120,20 +120,7 @@ fn copy_tables(src: &Path, ddl: &str, dst: &Path) -> rusqlite::Result<Option<Pos
         |r| r.get(0),
     )?;
     let pos = if is_replica {
-        conn.query_row(
-            "SELECT seq, head, state FROM src.pdb_replica WHERE id = 1",
-            [],
-            |r| {
-                let head: Vec<u8> = r.get(1)?;
-                let state: Vec<u8> = r.get(2)?;
-                Ok(Position {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    head: head.try_into().unwrap_or([0; 32]),
-                    state: StateVector::from_bytes(&state).unwrap_or_default(),
-                })
-            },
-        )
-        .optional()?
+        Some(read_position(&conn, "src")?)
     } else {
         None
     };
