@@ -481,8 +481,10 @@ impl Sequencer {
                 ),
             )))));
         }
-        let known = self.head_at(base_seq).map_err(|e| storage(&e))?;
-        if known.is_none() {
+        if base_seq < self.pos.seq {
+            // Before anything about the base is looked up (recent heads are kept in
+            // memory, and genesis is always known): a base the history no longer
+            // holds cannot be checked, whatever the policy.
             let oldest = self
                 .env
                 .store
@@ -499,6 +501,7 @@ impl Sequencer {
                     .with("oldest_seq", oldest))));
             }
         }
+        let known = self.head_at(base_seq).map_err(|e| storage(&e))?;
         match known {
             Some(h) if h == base_head => {}
             _ => {

@@ -530,20 +530,24 @@ impl Replica {
     }
 
     /// Replaces the rows of every table with those of the same tables in the database
-    /// file `src` (a snapshot), inside the open transaction. Same schema, so SQLite
-    /// copies the records as they are.
+    /// file `src` (a snapshot), in a transaction of its own (SQLite detaches a file only
+    /// outside one). Same schema, so SQLite copies the records as they are.
     pub fn load_tables(&self, src: &Path) -> rusqlite::Result<()> {
         self.conn
             .execute("ATTACH ?1 AS pdb_src", [src.to_string_lossy()])?;
         let copied = (|| {
+            self.begin()?;
             for t in &self.tables {
                 let name = quote(&t.info.name);
                 self.conn.execute_batch(&format!(
                     "DELETE FROM main.{name}; INSERT INTO main.{name} SELECT * FROM pdb_src.{name};"
                 ))?;
             }
-            Ok(())
+            self.commit()
         })();
+        if copied.is_err() {
+            let _ = self.rollback();
+        }
         let detached = self.conn.execute_batch("DETACH pdb_src");
         copied.and(detached)
     }

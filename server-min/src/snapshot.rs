@@ -466,7 +466,9 @@ impl Snapshots {
             .with("oldest_seq", oldest));
         }
         let work = self.scratch("restore");
-        let replica = self.seed(group, &work.0, base.as_ref())?;
+        let replica = self
+            .seed(&group.info.name, &group.info.ddl, &work.0, base.as_ref())
+            .map_err(unavailable)?;
         let mut pos = replica.position().map_err(unavailable)?;
         let wkey = self.key.verifying_key().to_bytes();
         while pos.seq < seq {
@@ -491,31 +493,28 @@ impl Snapshots {
         self.publish(group, file, pos.seq, pos.head, Kind::Restore)
     }
 
-    /// A new replica at `path` holding `base`'s tables and position (the empty group's
-    /// genesis without one), its content checked against `base`'s state.
+    /// A new replica at `path` holding `base`'s tables at its position (the group's
+    /// genesis without one), its rows checked against `base`'s state.
     fn seed(
         &self,
-        group: &Group,
+        name: &str,
+        ddl: &str,
         path: &Path,
         base: Option<&SnapshotRow>,
-    ) -> Result<Replica, Problem> {
-        let replica = Replica::create(path, &group.info.ddl, genesis(&group.info.name))
-            .map_err(unavailable)?;
+    ) -> Result<Replica, String> {
+        let replica = Replica::create(path, ddl, genesis(name)).map_err(|e| e.to_string())?;
         let Some(b) = base else {
             return Ok(replica);
         };
-        // Loaded before the transaction: `load_tables` ends by detaching the file it
-        // read, which SQLite refuses ("database is locked") inside a transaction.
         replica
             .load_tables(&self.object_path(&b.blake3))
-            .map_err(unavailable)?;
-        replica.begin().map_err(unavailable)?;
-        let state = replica.full_state().map_err(unavailable)?;
+            .map_err(|e| e.to_string())?;
+        let state = replica.full_state().map_err(|e| e.to_string())?;
         if state.digest() != b.state {
-            return Err(unavailable(format!(
+            return Err(format!(
                 "snapshot {} does not hold its manifest's state",
                 hex(&b.blake3)
-            )));
+            ));
         }
         let pos = Position {
             seq: b.seq,
@@ -523,41 +522,34 @@ impl Snapshots {
             state,
         };
         replica
-            .set_position(&pos)
+            .begin()
+            .and_then(|()| replica.set_position(&pos))
             .and_then(|()| replica.commit())
-            .map_err(unavailable)?;
+            .map_err(|e| e.to_string())?;
         Ok(replica)
     }
 
     /// Rebuilds a lost replica of a compacted group from its newest snapshot (the
-    /// history no longer starts at genesis); start-up replays the rest.
+    /// history no longer starts at genesis); start-up replays the rest. Made beside
+    /// `path` and renamed into place once complete, so a crash leaves no half replica.
     pub fn reseed(&self, group_name: &str, id: i64, ddl: &str, path: &Path) -> Result<(), String> {
         let row = self
             .store
             .snapshot_before(id, u64::MAX)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("group \"{group_name}\" is compacted but has no snapshot"))?;
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push("-reseed");
+        let tmp = PathBuf::from(tmp);
+        remove_db(&tmp);
+        let replica = self
+            .seed(group_name, ddl, &tmp, Some(&row))
+            .map_err(|e| format!("group \"{group_name}\": {e}"))?;
+        drop(replica);
         remove_db(path);
-        let replica = Replica::create(path, ddl, genesis(group_name)).map_err(|e| e.to_string())?;
-        // Before the transaction, as in `seed`.
-        replica
-            .load_tables(&self.object_path(&row.blake3))
-            .map_err(|e| e.to_string())?;
-        replica.begin().map_err(|e| e.to_string())?;
-        let state = replica.full_state().map_err(|e| e.to_string())?;
-        if state.digest() != row.state {
-            return Err(format!(
-                "group \"{group_name}\": snapshot {} does not hold its manifest's state",
-                hex(&row.blake3)
-            ));
-        }
-        replica
-            .set_position(&Position {
-                seq: row.seq,
-                head: row.head,
-                state,
-            })
-            .and_then(|()| replica.commit())
+        std::fs::rename(&tmp, path).map_err(|e| e.to_string())?;
+        path.parent()
+            .map_or(Ok(()), sync_dir)
             .map_err(|e| e.to_string())
     }
 
