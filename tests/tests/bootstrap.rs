@@ -81,6 +81,7 @@ fn a_new_device_starts_from_the_snapshot_and_pulls_only_what_came_after() {
     assert_eq!(status["head"]["seq"], 8, "{status}");
     assert_eq!(status["last_error"], Json::Null, "{status}");
     assert_eq!(status["progress"], Json::Null, "{status}");
+    assert_eq!(status["snapshot"]["seq"], 8, "{status}");
     assert_eq!(
         b.value("SELECT count(*) FROM sqlite_schema WHERE name = 'notes_a'"),
         Value::Integer(1),

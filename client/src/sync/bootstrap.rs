@@ -501,6 +501,10 @@ fn run<D: Db>(
     }
     let conflicts = installed?;
     detached?;
+    // The install went through the WAL (if the database uses one): give the disk back
+    // now rather than keep a log as large as the image. Best effort; a busy reader
+    // only delays it to a later checkpoint.
+    let _ = db.query_value("PRAGMA main.wal_checkpoint(TRUNCATE)", &[]);
     Ok(Some(Bootstrapped {
         seq: m.seq,
         bytes: m.size,

@@ -563,6 +563,13 @@ pub fn status_json<D: Db>(db: &D) -> Result<String, Error> {
         out["url"] = json!(cfg.url);
         out["group"] = json!(cfg.group);
         out["head"] = json!({"seq": seq, "head": hex(&head)});
+        // The snapshot this device started from, if it did (its chain starts there).
+        out["snapshot"] = match (config::get(db, "root_seq")?, config::get(db, "root_head")?) {
+            (Some(Value::Integer(s)), Some(Value::Text(h))) => {
+                json!({"seq": s, "head": String::from_utf8_lossy(&h)})
+            }
+            _ => serde_json::Value::Null,
+        };
     }
     out["pending"] = json!(count(
         db,
