@@ -158,6 +158,7 @@ pub fn table_info_in<D: Db>(db: &D, schema: &str, name: &str) -> Result<TableInf
 
     let mut columns = Vec::new();
     let mut generated = None;
+    let mut not_utf8 = None;
     {
         let mut stmt = db.prepare(
             "SELECT name, type, \"notnull\", pk, hidden, dflt_value FROM pragma_table_xinfo(?1, ?2) \
@@ -179,9 +180,19 @@ pub fn table_info_in<D: Db>(db: &D, schema: &str, name: &str) -> Result<TableInf
             if int(&row[4]) != 0 {
                 generated.get_or_insert(col.name.clone());
             }
+            if matches!(row[0], ValueRef::Text(t) if std::str::from_utf8(t).is_err()) {
+                not_utf8.get_or_insert(col.name.clone());
+            }
             columns.push(col);
             Ok(())
         })?;
+    }
+    // Its name as read here (U+FFFD for the bad bytes) names no column, and SQLite
+    // would take the quoted name in a query for a string literal.
+    if let Some(col) = not_utf8 {
+        return Err(Error::Table(format!(
+            "table \"{name}\": column name \"{col}\" is not valid UTF-8"
+        )));
     }
     if let Some(col) = generated {
         return Err(Error::Table(format!(

@@ -186,7 +186,7 @@ mod tests {
             t(&mut bad);
             assert_eq!(
                 bad.verify(&pinned),
-                Err(CertError::Signature { seq: bad.seq })
+                Err(CertError::ManifestSignature { seq: bad.seq })
             );
         }
         assert!(matches!(

@@ -325,6 +325,19 @@ fn sync_start(db: &Conn, args: &[ValueRef<'_>]) -> Result<Output, Error> {
     ))
 }
 
+/// The state vector of a database file's tables, read on a connection of its own (a
+/// snapshot being installed, checked beside the install).
+fn file_state(
+    path: &std::path::Path,
+    tables: &[pdb_client::schema::TableInfo],
+) -> Result<pdb_client::state::StateVector, Error> {
+    let path = path
+        .to_str()
+        .ok_or_else(|| Error::Argument(format!("{} is not UTF-8", path.display())))?;
+    let conn = OwnedConn::open(path)?;
+    pdb_client::history::state_of(&conn, tables)
+}
+
 fn sync_stop(db: &Conn, _: &[ValueRef<'_>]) -> Result<Output, Error> {
     let stopped = sync::worker::stop(&sync::status::db_path(db)?);
     Ok(Output::Text(

@@ -368,43 +368,104 @@ pub fn install_attached<D: Db>(
             hex(&schema_hash(&local))
         )));
     }
-    progress(db_path, json!({"phase": "verify", "seq": m.seq}));
     let infos: Vec<TableInfo> = tables.iter().map(|t| t.0.clone()).collect();
-    let state: StateVector = crate::history::state_in(db, SNAPSHOT_SCHEMA, &infos)?;
-    if state.digest() != m.state {
-        return Err(refused(format!(
+    let wrong_state = |state: &StateVector| {
+        refused(format!(
             "the image's rows have state digest {}, not the certified {} of seq {}; nothing installed",
             hex(&state.digest()),
             hex(&m.state),
             m.seq
-        )));
-    }
-    progress(db_path, json!({"phase": "install", "seq": m.seq}));
-    transaction(db, "pdb_bootstrap", || {
-        capture::ensure_schema(db)?;
-        for (info, ddl) in &tables {
-            if !exists(db, &info.name)? {
-                for sql in ddl {
-                    // One statement: SQLite reads only the first of an entry's text, so
-                    // a second one there is no part of the image's schema.
-                    db.execute(sql, &[])?;
+        ))
+    };
+    let file = attached_file(db)?;
+    let reader = FILE_STATE.get().copied().filter(|_| !file.is_empty());
+    std::thread::scope(|scope| {
+        // With a connection of its own, the image's rows are hashed while this one
+        // installs them; the transaction commits only if they hash to the certified
+        // state. Without one, they are hashed first.
+        let checking = reader.map(|f| {
+            let (path, infos) = (PathBuf::from(&file), &infos);
+            scope.spawn(move || f(&path, infos))
+        });
+        let early = match checking {
+            Some(_) => None,
+            None => {
+                progress(db_path, json!({"phase": "verify", "seq": m.seq}));
+                let state = crate::history::state_in(db, SNAPSHOT_SCHEMA, &infos)?;
+                if state.digest() != m.state {
+                    return Err(wrong_state(&state));
                 }
+                Some(state)
             }
-            capture::track(db, &info.name)?;
-        }
-        let tracked: Vec<TableInfo> = capture::tracked(db)?.into_iter().map(|t| t.info).collect();
-        if schema_hash(&tracked) != m.schema_hash {
-            return Err(Error::Schema(format!(
-                "schema_mismatch: this device's tables \"{}\" differ from the snapshot's (schema {}); nothing installed",
-                tracked.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join("\", \""),
-                hex(&m.schema_hash)
-            )));
-        }
-        let done = rebase::integrate_incoming(db, cfg, Incoming::Snapshot { cert, state }, None)?;
-        config::set(db, "root_seq", ValueRef::Integer(m.seq as i64))?;
-        config::set(db, "root_head", ValueRef::Text(hex(&m.head).as_bytes()))?;
-        Ok(done.conflicts)
+        };
+        progress(db_path, json!({"phase": "install", "seq": m.seq}));
+        let mut checking = checking;
+        transaction(db, "pdb_bootstrap", || {
+            capture::ensure_schema(db)?;
+            for (info, ddl) in &tables {
+                if !exists(db, &info.name)? {
+                    for sql in ddl {
+                        // One statement: SQLite reads only the first of an entry's text,
+                        // so a second one there is no part of the image's schema.
+                        db.execute(sql, &[])?;
+                    }
+                }
+                capture::track(db, &info.name)?;
+            }
+            let tracked: Vec<TableInfo> =
+                capture::tracked(db)?.into_iter().map(|t| t.info).collect();
+            if schema_hash(&tracked) != m.schema_hash {
+                return Err(Error::Schema(format!(
+                    "schema_mismatch: this device's tables \"{}\" differ from the snapshot's (schema {}); nothing installed",
+                    tracked.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join("\", \""),
+                    hex(&m.schema_hash)
+                )));
+            }
+            // Until the check is done, the head's state vector is a stand-in; it is
+            // replaced by the real one below, before the transaction commits.
+            let state = early.clone().unwrap_or_default();
+            let done =
+                rebase::integrate_incoming(db, cfg, Incoming::Snapshot { cert, state }, None)?;
+            if let Some(handle) = checking.take() {
+                let state = match handle.join() {
+                    Ok(r) => r?,
+                    Err(p) => std::panic::resume_unwind(p),
+                };
+                if state.digest() != m.state {
+                    return Err(wrong_state(&state));
+                }
+                config::set_head(db, m.seq, &m.head, &state)?;
+            }
+            config::set(db, "root_seq", ValueRef::Integer(m.seq as i64))?;
+            config::set(db, "root_head", ValueRef::Text(hex(&m.head).as_bytes()))?;
+            Ok(done.conflicts)
+        })
     })
+}
+
+/// The file the image is attached from ("" for an in-memory or temporary one).
+fn attached_file<D: Db>(db: &D) -> Result<String, Error> {
+    Ok(
+        match db.query_value(
+            "SELECT file FROM pragma_database_list WHERE name = ?1",
+            &[ValueRef::Text(SNAPSHOT_SCHEMA.as_bytes())],
+        )? {
+            Some(Value::Text(t)) => String::from_utf8_lossy(&t).into_owned(),
+            _ => String::new(),
+        },
+    )
+}
+
+/// Computes the state vector of a database file's tables on a connection of its own.
+pub type FileState = fn(&Path, &[TableInfo]) -> Result<StateVector, Error>;
+
+static FILE_STATE: std::sync::OnceLock<FileState> = std::sync::OnceLock::new();
+
+/// Lets a bootstrap check an image on another thread while it installs it: the host
+/// that can open connections of its own (the extension, with a thread-safe SQLite)
+/// registers how. Without it the check runs first, on the calling connection.
+pub fn set_file_state(f: FileState) {
+    let _ = FILE_STATE.set(f);
 }
 
 /// Installs the witness's newest snapshot if it is ahead of this device; `None` when
@@ -435,19 +496,15 @@ pub fn bootstrap<D: Db>(
     result
 }
 
-fn run<D: Db>(
+/// The newest manifest, checked, with its certificate and its image downloaded and
+/// checked (size, BLAKE3): `None` when there is nothing to install.
+fn fetch<D: Db>(
     db: &D,
     cfg: &Config,
     remote: &Remote,
     db_path: &str,
     reason: Reason,
-) -> Result<Option<Bootstrapped>, Error> {
-    if !db.is_autocommit() {
-        return Err(Error::Argument(
-            "a bootstrap replaces the group's tables in its own transaction: call it outside one"
-                .into(),
-        ));
-    }
+) -> Result<Option<(Manifest, Certificate, PathBuf, u64)>, Error> {
     progress(db_path, json!({"phase": "manifest"}));
     let latest = match remote.latest_snapshot() {
         // The witness answered, with something that is not a manifest.
@@ -488,6 +545,35 @@ fn run<D: Db>(
     let file = download_path(db_path, &m);
     remove_stale(&file);
     let resumed = download(remote, &m, &file, db_path)?;
+    Ok(Some((m, cert, file, resumed)))
+}
+
+fn run<D: Db>(
+    db: &D,
+    cfg: &Config,
+    remote: &Remote,
+    db_path: &str,
+    reason: Reason,
+) -> Result<Option<Bootstrapped>, Error> {
+    if !db.is_autocommit() {
+        return Err(Error::Argument(
+            "a bootstrap replaces the group's tables in its own transaction: call it outside one"
+                .into(),
+        ));
+    }
+    // A snapshot can be superseded and its object and certificate compacted away
+    // while a device fetches it: then the newest one is fetched instead.
+    let mut attempts = 0;
+    let (m, cert, file, resumed) = loop {
+        attempts += 1;
+        match fetch(db, cfg, remote, db_path, reason) {
+            Ok(Some(fetched)) => break fetched,
+            Ok(None) => return Ok(None),
+            Err(Error::Rejected(r))
+                if attempts < 3 && matches!(r.code.as_str(), "compacted" | "not_found") => {}
+            Err(e) => return Err(e),
+        }
+    };
     db.execute(
         &format!("ATTACH ?1 AS {}", quote(SNAPSHOT_SCHEMA)),
         &[ValueRef::Text(file.to_string_lossy().as_bytes())],

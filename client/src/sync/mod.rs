@@ -380,13 +380,15 @@ fn pull_pages<D: Db>(db: &D, cfg: &Config, remote: &Remote, path: &str) -> Resul
             create_group_tables(db, remote)?;
         }
     }
-    let mut rebootstrapped = false;
+    // Each 410 means the witness compacted past this device; a few in a row can happen
+    // while it snapshots and compacts faster than the device catches up.
+    let mut rebootstraps = 0;
     loop {
         let (seq, _) = config::head(db, &cfg.group)?;
         let page = match remote.pull(seq, PAGE, Duration::ZERO)? {
             Ok(page) => page,
-            Err(r) if r.code == "compacted" && !rebootstrapped => {
-                rebootstrapped = true;
+            Err(r) if r.code == "compacted" && rebootstraps < 3 => {
+                rebootstraps += 1;
                 total.bootstrapped =
                     bootstrap::bootstrap(db, cfg, remote, path, bootstrap::Reason::Compacted)?;
                 continue;

@@ -152,6 +152,11 @@ fn register(db: *mut sqlite3) -> Result<(), String> {
     if rc != SQLITE_OK {
         return Err(format!("could not register pdb_changeset_rows (code {rc})"));
     }
+    if threadsafe() {
+        // A bootstrap may then check a snapshot on a connection of its own while the
+        // application's connection installs it.
+        pdb_client::sync::bootstrap::set_file_state(crate::file_state);
+    }
     Ok(())
 }
 
