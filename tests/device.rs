@@ -105,6 +105,39 @@ impl Device {
         self.json("SELECT pdb_sync()")
     }
 
+    /// A consistent copy of the database as it is now (`VACUUM INTO path`), for
+    /// [`Device::crash_back_to`].
+    pub fn copy_to(&self, path: &Path) {
+        let _ = std::fs::remove_file(path);
+        self.conn
+            .execute("VACUUM INTO ?1", [path.to_str().expect("UTF-8 path")])
+            .expect("VACUUM INTO");
+    }
+
+    /// Puts the database back to a copy, as if the process had died having written
+    /// nothing since: the connection is closed, the file replaced, and `libpdb` loaded
+    /// into a new connection.
+    pub fn crash_back_to(&mut self, copy: &Path) {
+        // Closing the only connection checkpoints the WAL and removes it.
+        drop(std::mem::replace(
+            &mut self.conn,
+            Connection::open_in_memory().expect("placeholder connection"),
+        ));
+        for suffix in ["-wal", "-shm"] {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+        std::fs::rename(copy, &self.path).expect("restore the copy");
+        let conn = Connection::open(&self.path).expect("reopen device database");
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .expect("busy timeout");
+        conn.pragma_update(None, "journal_mode", "wal")
+            .expect("wal");
+        crate::load(&conn);
+        self.conn = conn;
+    }
+
     /// `pdb_status()`.
     pub fn status(&self) -> Json {
         self.json("SELECT pdb_status()")

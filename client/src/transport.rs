@@ -256,6 +256,29 @@ impl Remote {
         }
     }
 
+    /// `GET /v1/groups/{g}/certificates?key=..`: the certificate of the commit the
+    /// witness certified under an idempotency key (`None`: no such commit). Not
+    /// verified here.
+    pub fn certificate(
+        &self,
+        key: &str,
+    ) -> Result<Result<Option<Certificate>, Rejection>, TransportError> {
+        let (status, answer) = Self::answer(
+            self.agent
+                .get(&self.url("/certificates"))
+                .query("key", key)
+                .header("Authorization", &format!("Bearer {}", self.token))
+                .call(),
+        )?;
+        match answer {
+            Ok(json) => Certificate::from_json(&json)
+                .map(|c| Ok(Some(c)))
+                .map_err(|e| TransportError::Protocol(format!("certificate: {e}"))),
+            Err(r) if status == 404 && r.code == "not_found" => Ok(Ok(None)),
+            Err(r) => Ok(Err(r)),
+        }
+    }
+
     /// `GET /v1/groups/{g}/commits?after=..&limit=..&wait=..`. Certificates are not
     /// verified here: that is [`crate::history::verify_chain`]'s job, before applying.
     pub fn pull(

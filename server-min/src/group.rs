@@ -419,33 +419,23 @@ impl Sequencer {
                 Outcome::done(Err(reuse()))
             });
         }
-        if let Some((seq, used)) = self
+        // Compacted commits are found too: exactly-once outlives the history's prefix.
+        if let Some(earlier) = self
             .env
             .store
-            .idempotency(self.id, &req.idempotency_key)
+            .by_key(
+                self.id,
+                &self.name,
+                self.env.key.verifying_key().to_bytes(),
+                &req.idempotency_key,
+            )
             .map_err(|e| storage(&e))?
         {
-            if used != hash {
-                return Ok(Outcome::done(Err(reuse())));
-            }
-            let found = self
-                .env
-                .store
-                .commits_after(
-                    self.id,
-                    &self.name,
-                    self.env.key.verifying_key().to_bytes(),
-                    seq - 1,
-                    1,
-                    usize::MAX,
-                )
-                .map_err(|e| storage(&e))?;
-            return match found.into_iter().next() {
-                Some(c) if c.cert.seq == seq => Ok(Outcome::done(Ok(Accepted::Duplicate(c)))),
-                _ => Err(BatchFailed(format!(
-                    "commit {seq} is missing from the history"
-                ))),
-            };
+            return Ok(Outcome::done(if earlier.cert.changeset_hash == hash {
+                Ok(Accepted::Duplicate(earlier))
+            } else {
+                Err(reuse())
+            }));
         }
         let schema_hash = self.replica.schema_hash();
         if req.schema_hash != schema_hash {

@@ -62,6 +62,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/groups/{g}", put(put_group).get(get_group))
         .route("/v1/groups/{g}/commits", get(get_commits).post(post_commit))
+        .route("/v1/groups/{g}/certificates", get(get_certificate))
         .route("/v1/groups/{g}/watch", get(watch))
         .route(
             "/v1/groups/{g}/snapshots",
@@ -322,6 +323,46 @@ async fn get_commits(
             "commits": commits.iter().map(commit_json).collect::<Vec<_>>(),
         }))
         .into_response())
+    }
+    .await;
+    respond(&app, r)
+}
+
+#[derive(Deserialize)]
+struct KeyQuery {
+    key: Option<String>,
+}
+
+/// `GET /v1/groups/{g}/certificates?key=<idempotency key>`: the certificate of the
+/// commit certified under that key, compacted or not. A device that lost the answer to
+/// a push asks here before it installs a snapshot over the commit.
+async fn get_certificate(
+    State(app): State<Arc<App>>,
+    Path(g): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<KeyQuery>,
+) -> Response {
+    let r = async {
+        authorize(&app, &headers, &g, Role::Read)?;
+        let group = find(&app, &g)?;
+        let key = q
+            .key
+            .ok_or_else(|| Problem::new(Code::BadRequest, "the query must name a key"))?;
+        let w = app.witness.clone();
+        let name = key.clone();
+        let found = blocking(move || {
+            w.store()
+                .by_key(group.info.id, &group.info.name, w.public_key(), &name)
+                .map_err(|e| Problem::new(Code::Unavailable, e.to_string()))
+        })
+        .await?;
+        let c = found.ok_or_else(|| {
+            Problem::new(
+                Code::NotFound,
+                format!("no commit of group \"{g}\" was certified under key \"{key}\""),
+            )
+        })?;
+        Ok(Json(Value::Object(c.cert.to_json())).into_response())
     }
     .await;
     respond(&app, r)

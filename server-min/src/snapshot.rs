@@ -24,7 +24,7 @@ use rusqlite::{params, Connection};
 use crate::group::{replay, Group};
 use crate::problem::{Code, Problem};
 use crate::replica::{read_position, Position, Replica};
-use crate::store::{SnapshotRow, Store};
+use crate::store::{SnapshotRow, Store, CERT_COLUMNS};
 
 /// When snapshots are made and how many are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -419,6 +419,15 @@ impl Snapshots {
             .maintain(move |c| {
                 c.execute(
                     "DELETE FROM snapshots WHERE group_id = ?1 AND seq < ?2",
+                    params![id, oldest as i64],
+                )?;
+                // Their certificates stay, for the idempotency check.
+                c.execute(
+                    &format!(
+                        "INSERT INTO compacted (group_id, {CERT_COLUMNS}) \
+                         SELECT group_id, {CERT_COLUMNS} FROM commits \
+                         WHERE group_id = ?1 AND seq < ?2"
+                    ),
                     params![id, oldest as i64],
                 )?;
                 c.execute(

@@ -398,13 +398,25 @@ impl Store {
         .map(|s| s as u64)
     }
 
-    /// The seq and changeset hash an idempotency key was used with in a group, if any.
-    pub fn idempotency(&self, group_id: i64, key: &str) -> Result<Option<(u64, Hash)>, StoreError> {
+    /// The commit an idempotency key was certified with in a group, if any. A compacted
+    /// commit is found too (its certificate is kept), with an empty changeset.
+    pub fn by_key(
+        &self,
+        group_id: i64,
+        group: &str,
+        witness_key: [u8; 32],
+        key: &str,
+    ) -> Result<Option<StoredCommit>, StoreError> {
         self.read(|c| {
-            c.prepare_cached(
-                "SELECT seq, changeset_hash FROM commits WHERE group_id = ?1 AND idempotency_key = ?2",
-            )?
-            .query_row(params![group_id, key], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+            c.prepare_cached(&format!(
+                "SELECT {CERT_COLUMNS}, changeset FROM commits \
+                 WHERE group_id = ?1 AND idempotency_key = ?2 \
+                 UNION ALL SELECT {CERT_COLUMNS}, x'' FROM compacted \
+                 WHERE group_id = ?1 AND idempotency_key = ?2 LIMIT 1"
+            ))?
+            .query_row(params![group_id, key], |r| {
+                stored_commit(r, group, witness_key)
+            })
             .optional()
         })
     }
@@ -435,42 +447,54 @@ impl Store {
         max_bytes: usize,
     ) -> Result<Vec<StoredCommit>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT seq, prev, head, state, changeset_hash, idempotency_key, client_id, \
-                 meta, committed_at, signature, changeset FROM commits \
-                 WHERE group_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-            )?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {CERT_COLUMNS}, changeset FROM commits \
+                 WHERE group_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            ))?;
             let mut rows = stmt.query(params![group_id, after as i64, limit as i64])?;
-            let mut out = Vec::new();
+            let mut out: Vec<StoredCommit> = Vec::new();
             let mut bytes = 0usize;
             while let Some(r) = rows.next()? {
-                let changeset: Vec<u8> = r.get(10)?;
-                bytes += changeset.len();
+                let c = stored_commit(r, group, witness_key)?;
+                bytes += c.changeset.len();
                 if !out.is_empty() && bytes > max_bytes {
                     break;
                 }
-                let signature: Vec<u8> = r.get(9)?;
-                out.push(StoredCommit {
-                    cert: Certificate {
-                        group: group.to_string(),
-                        seq: r.get::<_, i64>(0)? as u64,
-                        prev: r.get(1)?,
-                        head: r.get(2)?,
-                        state: r.get(3)?,
-                        changeset_hash: r.get(4)?,
-                        idempotency_key: r.get(5)?,
-                        committed_at: r.get(8)?,
-                        witness_key,
-                        signature: signature.try_into().unwrap_or([0; 64]),
-                    },
-                    client: r.get(6)?,
-                    meta: r.get(7)?,
-                    changeset: Bytes::from(changeset),
-                });
+                out.push(c);
             }
             Ok(out)
         })
     }
+}
+
+/// The columns of `commits` (and `compacted`) a certificate is read from, in the
+/// order [`stored_commit`] reads them; the changeset follows.
+pub(crate) const CERT_COLUMNS: &str = "seq, prev, head, state, changeset_hash, idempotency_key, \
+     client_id, meta, committed_at, signature";
+
+fn stored_commit(
+    r: &rusqlite::Row<'_>,
+    group: &str,
+    witness_key: [u8; 32],
+) -> rusqlite::Result<StoredCommit> {
+    let signature: Vec<u8> = r.get(9)?;
+    Ok(StoredCommit {
+        cert: Certificate {
+            group: group.to_string(),
+            seq: r.get::<_, i64>(0)? as u64,
+            prev: r.get(1)?,
+            head: r.get(2)?,
+            state: r.get(3)?,
+            changeset_hash: r.get(4)?,
+            idempotency_key: r.get(5)?,
+            committed_at: r.get(8)?,
+            witness_key,
+            signature: signature.try_into().unwrap_or([0; 64]),
+        },
+        client: r.get(6)?,
+        meta: r.get(7)?,
+        changeset: Bytes::from(r.get::<_, Vec<u8>>(10)?),
+    })
 }
 
 fn writer_loop(mut conn: Connection, rx: Receiver<WriteOp>, syncs: &AtomicU64) {

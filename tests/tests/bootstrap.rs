@@ -207,3 +207,105 @@ fn a_device_behind_the_compacted_history_starts_again_keeping_its_pending_change
     verified(&a);
     verified(&c);
 }
+
+/// The certificate the witness holds under an idempotency key: (status, seq).
+fn certified_under(w: &WitnessProc, key: &str) -> (u16, Option<u64>) {
+    let r = w
+        .admin_client()
+        .send(
+            "GET",
+            &format!("/v1/groups/g/certificates?key={key}"),
+            &[],
+            None,
+        )
+        .expect("certificate request");
+    (r.status, r.body["seq"].as_u64())
+}
+
+#[test]
+fn a_commit_whose_answer_was_lost_is_not_certified_again_after_its_seq_was_compacted() {
+    let dir = scratch("lost-answer");
+    let w = witness(
+        &dir,
+        &[
+            "--snapshot-commits",
+            "0",
+            "--snapshot-bytes",
+            "0",
+            "--retain-snapshots",
+            "1",
+        ],
+    );
+    let a = Device::on(&w, &dir, "a", DDL, &["notes", "tags"], "g");
+    write_notes(&a, 1, 3, "first");
+    a.sync();
+    // One device comes back with a pull, the other with a sync (which pushes first).
+    for (n, entry) in ["SELECT pdb_pull()", "SELECT pdb_sync()"]
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("c{n}");
+        let mut c = Device::on(&w, &dir, &name, DDL, &["notes", "tags"], "g");
+        // Its write would win again over the group's later one if it were rebased.
+        c.sql("SELECT pdb_set_strategy('notes', 'local-wins')");
+        c.sync();
+        c.sql(&format!("UPDATE notes SET a = '{name} title' WHERE id = 1"));
+        c.commit().unwrap();
+        let key = match c.value("SELECT idempotency_key FROM pdb_upload_queue") {
+            Value::Text(k) => k,
+            other => panic!("{other:?}"),
+        };
+        let copy = dir.join(format!("{name}-before-push.db"));
+        c.copy_to(&copy);
+        assert_eq!(c.sync()["pushed"], 1);
+        let (status, seq) = certified_under(&w, &key);
+        assert_eq!(status, 200);
+        let seq = seq.unwrap();
+        // The device dies before it writes the certificate down: its commit is queued
+        // again, unsent as far as it knows.
+        c.crash_back_to(&copy);
+        assert_eq!(c.status()["pending"], 1);
+
+        // The group writes over the same row; two snapshots compact the commit away.
+        a.sync();
+        a.sql(&format!(
+            "UPDATE notes SET a = 'a after {name}' WHERE id = 1"
+        ));
+        a.commit().unwrap();
+        a.sync();
+        snapshot_now(&w);
+        write_notes(&a, 10 + 10 * n as i64, 11 + 10 * n as i64, "more");
+        a.sync();
+        let newest = snapshot_now(&w);
+        let r = w.admin_client().pull("g", 0, 1);
+        assert_eq!(r.status, 410, "{:?}", r.body);
+        assert!(r.body["oldest_seq"].as_u64().unwrap() > seq, "{:?}", r.body);
+
+        let s = c.json(entry);
+        assert_eq!(s["bootstrapped"]["seq"], newest, "{entry}: {s}");
+        // The sync's push got the original certificate back (counted as pushed).
+        assert_eq!(s["pushed"].as_u64().unwrap_or(0), n as u64, "{entry}: {s}");
+        assert_eq!(c.status()["pending"], 0, "{entry}");
+        assert!(c.conflicts().is_empty(), "{entry}: {:?}", c.conflicts());
+        assert_eq!(
+            c.value("SELECT a FROM notes WHERE id = 1"),
+            Value::Text(format!("a after {name}")),
+            "{entry}: the group's later write stands"
+        );
+        // Exactly once: the key is still the commit's at its first seq, and the
+        // history after the compaction holds no second commit under it.
+        assert_eq!(certified_under(&w, &key), (200, Some(seq)));
+        c.sync();
+        a.sync();
+        same_tables(&a, &c);
+        assert_eq!(
+            a.value(&format!(
+                "SELECT group_concat(seq) FROM pdb_commits WHERE idempotency_key = '{key}'"
+            )),
+            Value::Text(seq.to_string()),
+            "{entry}"
+        );
+        verified(&c);
+    }
+    assert_eq!(certified_under(&w, "never-used"), (404, None));
+}

@@ -84,6 +84,8 @@ struct Writer {
     model: Connection,
     at: Vec<Rows>,
     certs: Vec<Certificate>,
+    /// The changeset of each certificate.
+    sent: Vec<Vec<u8>>,
 }
 
 impl Writer {
@@ -100,6 +102,7 @@ impl Writer {
             model,
             at,
             certs: Vec::new(),
+            sent: Vec::new(),
         }
     }
 
@@ -138,6 +141,7 @@ impl Writer {
         assert_eq!(cert.seq as usize, self.at.len(), "the next seq");
         self.at.push(rows(&self.model));
         self.certs.push(cert.clone());
+        self.sent.push(cs.clone());
         (cert, cs)
     }
 
@@ -804,6 +808,62 @@ fn a_commit_on_a_compacted_base_is_refused_as_compacted() {
         "(base seq, status, code, oldest_seq) of commits on bases older than the oldest \
          head kept ({oldest}), before and after a restart"
     );
+}
+
+#[test]
+fn a_retry_of_a_compacted_commit_gets_its_original_certificate_back() {
+    let args = ["--snapshot-commits", "5", "--retain-snapshots", "1"];
+    let (mut f, oldest) = compacted_fixture("compact-retry", &args);
+    // Commits 1..=oldest are compacted: a device that lost an answer retries one.
+    let retry = |f: &Fixture, seq: u64, changeset: &[u8]| {
+        let r = f.c.commit(
+            "g",
+            &Commit {
+                changeset,
+                base_seq: seq - 1,
+                base_head: f.writer.certified(seq - 1).0,
+                key: &format!("k{seq}"),
+                schema: f.writer.schema,
+                policy: None,
+            },
+        );
+        let cert = (r.status == 200 && r.body["duplicate"] == true)
+            .then(|| Certificate::from_json(&r.body).expect("certificate"));
+        (r.status, r.code().map(str::to_string), cert)
+    };
+    let looked_up = |f: &Fixture, key: &str| {
+        let r =
+            f.c.send(
+                "GET",
+                &format!("/v1/groups/g/certificates?key={key}"),
+                &[],
+                None,
+            )
+            .expect("certificate request");
+        (r.status == 200).then(|| Certificate::from_json(&r.body).expect("certificate"))
+    };
+    for round in ["before a restart", "after a restart"] {
+        for seq in [1, oldest, oldest + 2] {
+            let original = f.writer.certs[seq as usize - 1].clone();
+            let same = retry(&f, seq, &f.writer.sent[seq as usize - 1]);
+            assert_eq!(
+                same,
+                (200, None, Some(original.clone())),
+                "seq {seq} {round}"
+            );
+            let other = retry(&f, seq, &f.writer.sent[seq as usize]);
+            assert_eq!(
+                (other.0, other.1.as_deref()),
+                (422, Some("idempotency_conflict")),
+                "seq {seq} {round}"
+            );
+            assert_eq!(looked_up(&f, &format!("k{seq}")), Some(original), "{round}");
+        }
+        assert_eq!(looked_up(&f, "k0"), None);
+        f.restart(&args, |_| {});
+    }
+    // Nothing was certified twice.
+    assert_eq!(f.c.head("g").0 .0, 17);
 }
 
 /// Runs `pdb-witness <cmd> <dir> --data <data>` and requires it to succeed.

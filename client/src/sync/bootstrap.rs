@@ -496,6 +496,51 @@ pub fn bootstrap<D: Db>(
     result
 }
 
+/// Asks the witness whether the first unsent queued commit was certified after all,
+/// and records its seq if so. A push sends one commit at a time and records each
+/// certificate before sending the next, so only that one can have been certified with
+/// its answer lost. Laid under a snapshot that already holds it, it must leave the
+/// queue as confirmed rather than be rebased and sent again; after the compaction of
+/// its seq no pull would show it.
+fn settle_in_flight<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<(), Error> {
+    if !capture::has_schema(db)? {
+        return Ok(());
+    }
+    let mut first = None;
+    db.prepare(
+        "SELECT id, idempotency_key FROM pdb_upload_queue \
+         WHERE dead IS NULL AND pushed_seq IS NULL ORDER BY id LIMIT 1",
+    )?
+    .query(&mut |r| {
+        if let (ValueRef::Integer(id), ValueRef::Text(key)) = (r[0], r[1]) {
+            first = Some((id, String::from_utf8_lossy(key).into_owned()));
+        }
+        Ok(())
+    })?;
+    let Some((id, key)) = first else {
+        return Ok(());
+    };
+    let Some(cert) = remote.certificate(&key)?.map_err(Error::Rejected)? else {
+        return Ok(());
+    };
+    if cert.group != cfg.group || cert.idempotency_key != key {
+        return Err(refused(format!(
+            "asked for key \"{key}\" of group \"{}\", the witness answered with the certificate of key \"{}\" of group \"{}\"; nothing installed",
+            cfg.group, cert.idempotency_key, cert.group
+        )));
+    }
+    cert.verify_signature(&cfg.witness_key).map_err(|e| {
+        refused(format!(
+            "the certificate of local commit {id}: {e}; nothing installed"
+        ))
+    })?;
+    db.execute(
+        "UPDATE pdb_upload_queue SET pushed_seq = ?2 WHERE id = ?1",
+        &[ValueRef::Integer(id), ValueRef::Integer(cert.seq as i64)],
+    )?;
+    Ok(())
+}
+
 /// The newest manifest, checked, with its certificate and its image downloaded and
 /// checked (size, BLAKE3): `None` when there is nothing to install.
 fn fetch<D: Db>(
@@ -574,6 +619,7 @@ fn run<D: Db>(
             Err(e) => return Err(e),
         }
     };
+    settle_in_flight(db, cfg, remote)?;
     db.execute(
         &format!("ATTACH ?1 AS {}", quote(SNAPSHOT_SCHEMA)),
         &[ValueRef::Text(file.to_string_lossy().as_bytes())],
