@@ -5,8 +5,25 @@
 //! rowid), so that they collide often. They commit at random, go offline, sync in random
 //! order and sometimes lose a sync to a crash, while the real `pdb-witness` is stopped or
 //! killed and restarted on its data directory (on a new port, so the devices are
-//! re-pointed with `pdb_open`). Conflict strategies are drawn per device and table. At
-//! the end every device commits and syncs until nothing moves, and then:
+//! re-pointed with `pdb_open`). Conflict strategies are drawn per device and table.
+//! Bare devices (no tables, nothing tracked) join mid-run, up to [`MAX_DEVICES`]:
+//! `pdb_open` installs the newest snapshot if there is one, else their first sync
+//! creates the group's tables and replays the history; then they take part like the
+//! others.
+//!
+//! Half the seeds run the witness with retention (`--retain-snapshots 1` or `2`, no
+//! policy snapshots, whose timing would race the checker) and take admin snapshots
+//! (`POST …/snapshots`) now and then, each of which compacts the commits before the
+//! oldest kept snapshot before it answers. Devices behind that point get `410
+//! compacted` on their next sync and start again from the newest snapshot, their queued
+//! commits and uncommitted edits rebased onto it; a device that goes offline with
+//! changes pending is the usual way there. Some of the other seeds take admin
+//! snapshots without compaction, so devices join from a snapshot while the whole
+//! history is kept. Because compaction deletes commits, the checker reads every commit
+//! it has not seen yet before each admin snapshot, and all checks use the history it
+//! recorded that way (checked as one chain), never a re-read at the end.
+//!
+//! At the end every device commits and syncs until nothing moves, and then:
 //!
 //! 1. **Convergence**: every device's tables equal the witness's replica row for row, and
 //!    `pdb_verify()` finds each device at its head's certified state.
@@ -14,9 +31,12 @@
 //!    commit that carries its idempotency key, or in that device's `pdb_conflicts` with
 //!    its commit id, or already done: a delete of a row that some certified commit
 //!    deleted or that is gone at the end, or values that certified commits wrote into
-//!    that row. Uncommitted edits are checked around every sync the same way.
-//! 4. **Exactly-once**: the history has seqs 1..n and no idempotency key twice; every
-//!    device holds exactly those certificates, and `pdb_commits.local_id` names its own.
+//!    that row. Uncommitted edits are checked around every sync (a re-bootstrap
+//!    included) the same way.
+//! 4. **Exactly-once**: the recorded history has seqs 1..n and no idempotency key
+//!    twice, compactions notwithstanding; every device holds exactly those certificates from its chain root
+//!    (`pdb_local.root_seq` after a bootstrap, else seq 1) to the head, and
+//!    `pdb_commits.local_id` names its own after the root.
 //!
 //! Every row a write changes gets a value no other write stores (`d<device>w<counter>`,
 //! or the counter as a number), so that "already done" cannot excuse a lost write: a
@@ -96,6 +116,14 @@ const PROGRESS_EVERY: usize = 500;
 const STEPS: (usize, usize) = (60, 120);
 /// Devices per seed (inclusive range).
 const DEVICES: (usize, usize) = (3, 4);
+/// Devices at most, those that join included.
+const MAX_DEVICES: usize = 5;
+/// Per mille of steps where a bare device joins (while fewer than [`MAX_DEVICES`]).
+const JOIN_PERMILLE: usize = 6;
+/// Per mille of steps that take an admin snapshot, in seeds whose witness compacts.
+const COMPACTING_SNAPSHOT_PERMILLE: usize = 50;
+/// The same in the other seeds that take snapshots (half of them), without compaction.
+const PLAIN_SNAPSHOT_PERMILLE: usize = 10;
 /// Rounds of "everyone commits and syncs" allowed before the end counts as stuck.
 const FINAL_ROUNDS: usize = 10;
 /// Percent of syncs that snapshot the device first, to lose the sync to a crash.
@@ -381,6 +409,9 @@ struct Dev {
     dev: Device,
     /// Pointed at the witness; false while pointed at [`DEAD_URL`].
     online: bool,
+    /// Holds the group's tables (a device that joined bare has none until a snapshot
+    /// or its first sync brings them).
+    ready: bool,
 }
 
 /// What the runs exercised, summed over seeds and printed at the end.
@@ -394,6 +425,23 @@ struct Stats {
     stops: u64,
     kills: u64,
     device_crashes: u64,
+    /// Seeds whose witness compacted (ran with `--retain-snapshots`).
+    compacting_seeds: u64,
+    /// Admin snapshots made (at a new seq).
+    snapshots: u64,
+    /// Admin snapshots that moved the compaction point.
+    compactions: u64,
+    /// Devices that joined bare mid-run.
+    joins: u64,
+    /// Of those, the ones `pdb_open` started from a snapshot.
+    joins_from_snapshot: u64,
+    /// Syncs whose summary has `bootstrapped` (after a `410 compacted`, or a device with
+    /// nothing yet).
+    rebootstraps: u64,
+    /// Of those, the ones with queued commits to rebase.
+    rebootstraps_queued: u64,
+    /// Of those, the ones with uncommitted edits to rebase.
+    rebootstraps_uncommitted: u64,
 }
 
 impl Stats {
@@ -406,7 +454,40 @@ impl Stats {
         self.stops += o.stops;
         self.kills += o.kills;
         self.device_crashes += o.device_crashes;
+        self.compacting_seeds += o.compacting_seeds;
+        self.snapshots += o.snapshots;
+        self.compactions += o.compactions;
+        self.joins += o.joins;
+        self.joins_from_snapshot += o.joins_from_snapshot;
+        self.rebootstraps += o.rebootstraps;
+        self.rebootstraps_queued += o.rebootstraps_queued;
+        self.rebootstraps_uncommitted += o.rebootstraps_uncommitted;
     }
+}
+
+/// The extra `pdb-witness serve` arguments of a seed: with retention, only admin
+/// snapshots (policy ones are made in the background and would race the checker).
+fn witness_args(retain: Option<usize>) -> Vec<String> {
+    match retain {
+        Some(r) => [
+            "--snapshot-commits",
+            "0",
+            "--snapshot-bytes",
+            "0",
+            "--retain-snapshots",
+            &r.to_string(),
+        ]
+        .map(String::from)
+        .to_vec(),
+        None => Vec::new(),
+    }
+}
+
+/// Starts `pdb-witness serve` on `data` with a seed's arguments.
+fn start_witness_proc(data: &Path, retain: Option<usize>) -> WitnessProc {
+    let args = witness_args(retain);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    WitnessProc::start_with(data, &args, &[])
 }
 
 /// One seed's run.
@@ -425,6 +506,21 @@ struct Sim {
     url: String,
     devices: Vec<Dev>,
     commits: Vec<Recorded>,
+    /// `--retain-snapshots` of this seed's witness; `None`: no retention, no compaction.
+    retain: Option<usize>,
+    /// Per mille of steps that take an admin snapshot.
+    snapshot_permille: usize,
+    /// Every commit certified so far, in order, as the checker read them (before each
+    /// admin snapshot, and at the end).
+    history: Vec<Json>,
+    /// The seqs of the admin snapshots made, ascending.
+    snapshot_seqs: Vec<u64>,
+    /// The first seq the witness still keeps (1 until a compaction).
+    first_kept: u64,
+    /// Each compaction as (the head when it happened, the first seq kept after it).
+    compacted: Vec<(u64, u64)>,
+    /// Violations found along the way (reported with the final checks).
+    bad: Vec<String>,
     /// Counter that makes every written value unique.
     writes: u64,
     trace: bool,
@@ -436,7 +532,14 @@ impl Sim {
     fn new(seed: u64, dir: &Path, trace: bool) -> Sim {
         let mut rng = Rng(seed);
         let data = dir.join("witness");
-        let w = WitnessProc::start(&data);
+        // Retention 1 compacts at every snapshot; 2 keeps one snapshot more to pull from.
+        let retain = rng.chance(50).then(|| if rng.chance(65) { 1 } else { 2 });
+        let snapshot_permille = match retain {
+            Some(_) => COMPACTING_SNAPSHOT_PERMILLE,
+            None if rng.chance(50) => PLAIN_SNAPSHOT_PERMILLE,
+            None => 0,
+        };
+        let w = start_witness_proc(&data, retain);
         let created = w.admin_client().create_group(GROUP, DDL);
         assert_eq!(created.status, 201, "{:?}", created.body);
         let token = w.token("sim", GROUP, "write", 7 * 24 * 3600);
@@ -455,7 +558,11 @@ impl Sim {
                 &w.key,
             );
             register_merge(&dev.conn);
-            devices.push(Dev { dev, online: true });
+            devices.push(Dev {
+                dev,
+                online: true,
+                ready: true,
+            });
         }
         let mut sim = Sim {
             seed,
@@ -469,11 +576,24 @@ impl Sim {
             down_for: 0,
             devices,
             commits: Vec::new(),
+            retain,
+            snapshot_permille,
+            history: Vec::new(),
+            snapshot_seqs: Vec::new(),
+            first_kept: 1,
+            compacted: Vec::new(),
+            bad: Vec::new(),
             writes: 0,
             trace,
             step: 0,
-            stats: Stats::default(),
+            stats: Stats {
+                compacting_seeds: u64::from(retain.is_some()),
+                ..Stats::default()
+            },
         };
+        sim.log(&format!(
+            "{n} devices; witness retains {retain:?} snapshots; admin snapshots at {snapshot_permille} per mille of steps"
+        ));
         for d in 0..n {
             for _ in 0..2 {
                 if sim.rng.chance(60) {
@@ -506,17 +626,23 @@ impl Sim {
                     self.down_for -= 1;
                 }
             }
+            if self.rng.below(1000) < self.snapshot_permille {
+                self.admin_snapshot();
+                continue;
+            }
             let d = self.rng.below(self.devices.len());
-            match self.rng.below(100) {
-                0..=41 => self.write(d),
-                42..=59 => self.commit(d),
-                60..=83 => {
+            let join = 1000 - JOIN_PERMILLE;
+            match self.rng.below(1000) {
+                0..=409 => self.write(d),
+                410..=589 => self.commit(d),
+                590..=829 => {
                     self.sync(d, true);
                 }
-                84..=88 => self.toggle(d),
-                89..=91 => self.set_strategy(d),
-                92..=95 => self.resolve(d),
-                _ => self.restart_witness(),
+                830..=879 => self.toggle(d),
+                880..=909 => self.set_strategy(d),
+                910..=949 => self.resolve(d),
+                r if r < join => self.restart_witness(),
+                _ => self.join(),
             }
         }
         self.step = steps;
@@ -525,6 +651,9 @@ impl Sim {
 
     /// One application transaction of one to three writes, rolled back now and then.
     fn write(&mut self, d: usize) {
+        if !self.devices[d].ready {
+            return;
+        }
         let conn = &self.devices[d].dev.conn;
         conn.execute_batch("BEGIN").unwrap();
         let mut done = Vec::new();
@@ -547,6 +676,9 @@ impl Sim {
 
     /// `pdb_commit()`, recording the commit's rows and key.
     fn commit(&mut self, d: usize) {
+        if !self.devices[d].ready {
+            return;
+        }
         let dev = &self.devices[d].dev;
         let Some(id) = dev.commit() else { return };
         let (key, blob): (String, Vec<u8>) = dev
@@ -583,14 +715,27 @@ impl Sim {
             }
             return 0;
         }
-        let snapshot = (may_crash && self.rng.chance(CRASH_PERCENT)).then(|| self.snapshot(d));
+        let ready = self.devices[d].ready;
+        let snapshot =
+            (ready && may_crash && self.rng.chance(CRASH_PERCENT)).then(|| self.snapshot(d));
         let conn = self.conn(d);
-        let before = uncommitted(conn);
-        let last_conflict: i64 = conn
-            .query_row("SELECT coalesce(max(id), 0) FROM pdb_conflicts", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
+        let (before, last_conflict, queued) = if ready {
+            let last_conflict: i64 = conn
+                .query_row("SELECT coalesce(max(id), 0) FROM pdb_conflicts", [], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            let queued: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM pdb_upload_queue WHERE dead IS NULL",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            (uncommitted(conn), last_conflict, queued)
+        } else {
+            (Vec::new(), 0, 0)
+        };
         let s = self.devices[d]
             .dev
             .try_json("SELECT pdb_sync()")
@@ -599,8 +744,26 @@ impl Sim {
             });
         self.log(&format!("d{d} sync: {s}"));
         self.stats.syncs += 1;
+        if s.get("bootstrapped").is_some() {
+            self.stats.rebootstraps += 1;
+            self.stats.rebootstraps_queued += u64::from(queued > 0);
+            self.stats.rebootstraps_uncommitted += u64::from(!before.is_empty());
+            self.log(&format!(
+                "d{d} bootstrapped with {queued} queued commits and {} uncommitted row changes pending",
+                before.len()
+            ));
+        }
         assert_eq!(s["dead"], 0, "d{d}: the witness refused a commit: {s}");
         let moved = s["pushed"].as_u64().unwrap() + s["pulled"].as_u64().unwrap();
+        if !ready {
+            self.became_ready(d);
+            if !self.devices[d].ready {
+                self.bad.push(format!(
+                    "step {step}: d{d} synced ({s}) but holds none of the group's tables"
+                ));
+                return moved;
+            }
+        }
         if let Some(snapshot) = snapshot {
             if self.crash_after(d, &snapshot, &s) {
                 return moved;
@@ -768,7 +931,7 @@ impl Sim {
 
     /// Starts the witness on its data directory and re-points the online devices.
     fn start_witness(&mut self) {
-        let w = WitnessProc::start(&self.data);
+        let w = start_witness_proc(&self.data, self.retain);
         assert_eq!(w.key, self.key, "the witness kept its signing key");
         self.url = w.url.clone();
         self.witness = Some(w);
@@ -780,8 +943,193 @@ impl Sim {
         self.log(&format!("witness started at {}", self.url));
     }
 
+    /// Marks device `d` ready once it holds the group's tables (a snapshot or its first
+    /// sync brought them), and draws its strategies as the first devices had theirs.
+    fn became_ready(&mut self, d: usize) {
+        if !exists(
+            self.conn(d),
+            "SELECT 1 WHERE (SELECT count(*) FROM sqlite_schema \
+             WHERE type = 'table' AND name IN ('notes', 'tags')) = 2",
+        ) {
+            return;
+        }
+        self.devices[d].ready = true;
+        self.log(&format!("d{d} holds the group's tables"));
+        for _ in 0..2 {
+            if self.rng.chance(60) {
+                self.set_strategy(d);
+            }
+        }
+    }
+
+    /// A bare device joins: no tables, nothing tracked, only `pdb_open`, which installs
+    /// the newest snapshot if there is one (its first sync does the rest).
+    fn join(&mut self) {
+        let d = self.devices.len();
+        if d >= MAX_DEVICES {
+            return;
+        }
+        let dev = Device::new(
+            &self.dir,
+            &format!("d{d}"),
+            "",
+            &[],
+            &self.url,
+            GROUP,
+            &self.token,
+            &self.key,
+        );
+        register_merge(&dev.conn);
+        let root = dev.rows("SELECT value FROM pdb_local WHERE key = 'root_seq'");
+        self.devices.push(Dev {
+            dev,
+            online: true,
+            ready: false,
+        });
+        self.stats.joins += 1;
+        if !root.is_empty() {
+            self.stats.joins_from_snapshot += 1;
+        }
+        self.log(&format!(
+            "d{d} joins bare; pdb_open installed the snapshot at {root:?}"
+        ));
+        self.became_ready(d);
+        // With the witness up and a snapshot ahead of genesis, pdb_open starts from it.
+        let snapshot = self.snapshot_seqs.last().is_some_and(|&s| s > 0);
+        if self.witness.is_some() && snapshot && !self.devices[d].ready {
+            self.bad.push(format!(
+                "d{d} joined with snapshots at {:?} but pdb_open installed none: {}",
+                self.snapshot_seqs,
+                self.devices[d].dev.status()
+            ));
+        }
+    }
+
+    /// Reads every certified commit the checker has not seen yet and appends it to the
+    /// recorded history, checking that it continues the chain.
+    fn record_history(&mut self) {
+        let client = self
+            .witness
+            .as_ref()
+            .expect("the witness runs")
+            .admin_client();
+        loop {
+            let (after, prev) = self.history.last().map_or((0, None), |c| {
+                (
+                    c["seq"].as_u64().unwrap(),
+                    c["head"].as_str().map(str::to_string),
+                )
+            });
+            let r = client.pull(GROUP, after, 1000);
+            if r.status != 200 {
+                self.bad.push(format!(
+                    "step {}: the commits after seq {after}, which the checker has not read yet, are gone: {} {}",
+                    self.step, r.status, r.body
+                ));
+                return;
+            }
+            let page = r.body["commits"].as_array().expect("commits").clone();
+            if page.is_empty() {
+                return;
+            }
+            let mut prev = prev;
+            for (i, c) in page.into_iter().enumerate() {
+                let seq = c["seq"].as_u64().unwrap();
+                let want = after + 1 + i as u64;
+                let follows = match &prev {
+                    Some(p) => c["prev"].as_str() == Some(p),
+                    None => true,
+                };
+                if seq != want || !follows {
+                    self.bad.push(format!(
+                        "invariant 3: the witness served commit {seq} where seq {want} following head {prev:?} belongs: {c}"
+                    ));
+                }
+                prev = c["head"].as_str().map(str::to_string);
+                self.history.push(c);
+            }
+        }
+    }
+
+    /// `POST /v1/groups/g/snapshots` as an admin, after reading the history it may
+    /// compact; then checks where the witness's history starts now.
+    fn admin_snapshot(&mut self) {
+        if self.witness.is_none() {
+            return;
+        }
+        self.record_history();
+        let head = self
+            .history
+            .last()
+            .map_or(0, |c| c["seq"].as_u64().unwrap());
+        if self.snapshot_seqs.last() == Some(&head) {
+            // The witness would hand back the snapshot it has (checked by its own tests).
+            self.log(&format!(
+                "no admin snapshot: the last one is at the head {head}"
+            ));
+            return;
+        }
+        let client = self.witness.as_ref().unwrap().admin_client();
+        let r = client.snapshot_make(GROUP);
+        self.log(&format!("admin snapshot: {} {}", r.status, r.body));
+        if r.status != 201 {
+            self.bad.push(format!(
+                "step {}: the admin snapshot at head {head} failed: {} {}",
+                self.step, r.status, r.body
+            ));
+            return;
+        }
+        let seq = r.body["seq"].as_u64().expect("a manifest's seq");
+        if seq != head {
+            self.bad.push(format!(
+                "step {}: the admin snapshot is at seq {seq}, not at the head {head}",
+                self.step
+            ));
+        }
+        if self.snapshot_seqs.last() != Some(&seq) {
+            self.snapshot_seqs.push(seq);
+            self.stats.snapshots += 1;
+        }
+        // Retention keeps the newest `retain` snapshots and the commits from the oldest
+        // of them on.
+        let expected = match self.retain {
+            Some(k) if self.snapshot_seqs.len() >= k => {
+                self.snapshot_seqs[self.snapshot_seqs.len() - k].max(1)
+            }
+            _ => 1,
+        };
+        let probe = client.pull(GROUP, 0, 1);
+        let first = match (probe.status, probe.code()) {
+            (410, Some("compacted")) => probe.body["oldest_seq"].as_u64().unwrap_or(0) + 1,
+            // The first commit kept, or none yet.
+            (200, _) => probe.body["commits"][0]["seq"].as_u64().unwrap_or(1),
+            _ => {
+                self.bad.push(format!(
+                    "step {}: a pull after 0 answered {} {}",
+                    self.step, probe.status, probe.body
+                ));
+                return;
+            }
+        };
+        if first != expected {
+            self.bad.push(format!(
+                "step {}: after snapshots at {:?} with retention {:?}, the witness's history starts at seq {first}, not {expected}",
+                self.step, self.snapshot_seqs, self.retain
+            ));
+        }
+        if first > self.first_kept {
+            self.stats.compactions += 1;
+            self.compacted.push((head, first));
+            self.log(&format!("compacted: the history starts at seq {first}"));
+        }
+        self.first_kept = first;
+    }
+
     /// Draws a new strategy for one table of device `d`.
     fn set_strategy(&mut self, d: usize) {
+        if !self.devices[d].ready {
+            return;
+        }
         let table = TABLES[self.rng.below(TABLES.len())].name;
         let strategy = STRATEGIES[self.rng.below(STRATEGIES.len())];
         let function = (strategy == "custom").then_some("sim_merge");
@@ -800,6 +1148,9 @@ impl Sim {
 
     /// Settles one open conflict of device `d`: local, remote, or a new row.
     fn resolve(&mut self, d: usize) {
+        if !self.devices[d].ready {
+            return;
+        }
         let conn = &self.devices[d].dev.conn;
         let mut stmt = conn
             .prepare(
@@ -875,11 +1226,13 @@ impl Sim {
         self.check()
     }
 
-    /// Invariants 1, 2 and 4 on the settled devices and the stopped witness.
+    /// Invariants 1, 2 and 4 on the settled devices, the stopped witness and the
+    /// history the checker recorded.
     fn check(&mut self) -> Vec<String> {
-        let mut bad = Vec::new();
+        self.record_history();
+        let mut bad = std::mem::take(&mut self.bad);
+        let history = std::mem::take(&mut self.history);
         let mut w = self.witness.take().expect("the witness runs");
-        let history = w.admin_client().history(GROUP);
         let status = w.stop();
         assert!(
             status.success(),
@@ -926,8 +1279,9 @@ impl Sim {
             }
         }
 
-        // 4. Exactly-once: one history, seqs 1..n, each key once, on every device.
-        let mut certified: HashMap<String, (u64, Vec<u8>)> = HashMap::new();
+        // 4. Exactly-once: one history, seqs 1..n, each key once, on every device from
+        // its chain root on.
+        let mut certified: HashMap<String, Vec<(u64, Vec<u8>)>> = HashMap::new();
         let mut chain = Vec::new();
         for (i, c) in history.iter().enumerate() {
             let seq = c["seq"].as_u64().unwrap();
@@ -935,13 +1289,38 @@ impl Sim {
             if seq != i as u64 + 1 {
                 bad.push(format!("invariant 4: history entry {i} has seq {seq}"));
             }
-            if let Some((first, _)) = certified.insert(key.clone(), (seq, changeset_of(c))) {
+            let same_key = certified.entry(key.clone()).or_default();
+            let blob = changeset_of(c);
+            if let Some((first, earlier)) = same_key.last() {
+                let conn = self.conn(0);
+                let (was, now) = (
+                    changeset_rows(conn, Some(earlier)),
+                    changeset_rows(conn, Some(&blob)),
+                );
                 bad.push(format!(
-                    "invariant 4: idempotency key {key} certified at seq {first} and {seq}"
+                    "invariant 4: idempotency key {key} certified at seq {first} and {seq} \
+                     (compactions as (head, first kept): {:?}): seq {first} wrote {was:?}; seq {seq} wrote {now:?}",
+                    self.compacted
                 ));
             }
+            same_key.push((seq, blob));
             chain.push((seq as i64, c["head"].as_str().unwrap().to_string(), key));
         }
+        // Where each device's chain starts: the snapshot it last installed, or seq 1.
+        let roots: Vec<Option<i64>> = self
+            .devices
+            .iter()
+            .map(|dev| {
+                dev.dev
+                    .conn
+                    .query_row(
+                        "SELECT value FROM pdb_local WHERE key = 'root_seq'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .ok()
+            })
+            .collect();
         let mine: HashMap<(usize, i64), &Recorded> =
             self.commits.iter().map(|c| ((c.device, c.id), c)).collect();
         for (d, dev) in self.devices.iter().enumerate() {
@@ -965,18 +1344,26 @@ impl Sim {
                 }
                 got.push((*seq, head.clone(), key.clone()));
             }
-            if got != chain {
+            let from = roots[d].unwrap_or(1).max(1) as usize;
+            let want = chain.get(from - 1..).unwrap_or(&[]);
+            if got != want {
                 bad.push(format!(
-                    "invariant 4: d{d}'s pdb_commits ({} rows) is not the witness's history ({} commits)",
+                    "invariant 4: d{d}'s pdb_commits ({} rows from seq {:?}) is not the recorded history from its root {from} ({} commits)",
                     got.len(),
-                    chain.len()
+                    got.first().map(|c| c.0),
+                    want.len()
                 ));
             }
         }
         for c in &self.commits {
-            let Some((seq, _)) = certified.get(&c.key) else {
+            let Some((seq, _)) = certified.get(&c.key).and_then(|v| v.last()) else {
                 continue;
             };
+            // A commit at or before the device's root came with the snapshot: the
+            // device keeps no certificate of it, or only the root's, with no local id.
+            if roots[c.device].is_some_and(|root| *seq as i64 <= root) {
+                continue;
+            }
             let local: Option<i64> = self
                 .conn(c.device)
                 .query_row(
@@ -1001,7 +1388,10 @@ impl Sim {
         let mut in_commit: HashMap<&str, HashSet<RowRef>> = HashMap::new();
         let mut deleted: HashSet<RowRef> = HashSet::new();
         let mut written: HashMap<RowRef, Vec<Vec<Option<Json>>>> = HashMap::new();
-        for (key, (_, blob)) in &certified {
+        for (key, blob) in certified
+            .iter()
+            .flat_map(|(k, v)| v.iter().map(move |(_, b)| (k, b)))
+        {
             for c in changeset_rows(conn, Some(blob)) {
                 in_commit
                     .entry(key.as_str())
