@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{self, Receiver};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -70,6 +71,9 @@ pub struct GroupInfo {
     pub tables: serde_json::Value,
     /// The durable head; watchers wait on it.
     pub head: watch::Sender<Head>,
+    /// The oldest head the history holds (0 until a compaction): retention raises it
+    /// before it deletes, so the sequencer never looks up a base being deleted.
+    pub oldest: Arc<AtomicU64>,
 }
 
 type Reply = oneshot::Sender<Result<Accepted, Problem>>;
@@ -157,6 +161,9 @@ pub fn start(id: i64, name: &str, ddl: &str, replica: Replica, env: Env) -> Resu
         recent: VecDeque::new(),
         open_batches: 0,
         since_snapshot: (0, 0),
+        oldest: Arc::new(AtomicU64::new(
+            env.store.oldest_head(id).map_err(|e| e.to_string())?,
+        )),
         env,
     };
     seq.catch_up()?;
@@ -188,6 +195,7 @@ pub fn start(id: i64, name: &str, ddl: &str, replica: Replica, env: Env) -> Resu
         ddl: ddl.to_string(),
         tables,
         head: watch::channel(head).0,
+        oldest: seq.oldest.clone(),
     });
     let (jobs, rx) = mpsc::channel();
     let shared = info.clone();
@@ -219,6 +227,8 @@ struct Sequencer {
     open_batches: usize,
     /// Commits and changeset bytes certified since the last snapshot was asked for.
     since_snapshot: (u64, u64),
+    /// [`GroupInfo::oldest`].
+    oldest: Arc<AtomicU64>,
     env: Env,
 }
 
@@ -475,11 +485,7 @@ impl Sequencer {
             // Before anything about the base is looked up (recent heads are kept in
             // memory, and genesis is always known): a base the history no longer
             // holds cannot be checked, whatever the policy.
-            let oldest = self
-                .env
-                .store
-                .oldest_head(self.id)
-                .map_err(|e| storage(&e))?;
+            let oldest = self.oldest.load(Ordering::Acquire);
             if base_seq < oldest {
                 return Ok(Outcome::done(Err(self
                     .with_head(Problem::new(

@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
 use ed25519_dalek::SigningKey;
@@ -178,7 +179,7 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Removes a database file and whatever journal SQLite left beside it.
-fn remove_db(path: &Path) {
+pub(crate) fn remove_db(path: &Path) {
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let mut p = path.as_os_str().to_owned();
         p.push(suffix);
@@ -186,7 +187,8 @@ fn remove_db(path: &Path) {
     }
 }
 
-/// A temporary file in the objects folder, removed when dropped unless kept.
+/// A temporary database in the objects folder, removed (with its journals) when
+/// dropped; a published one was renamed away by then, so only its journals go.
 struct Scratch(PathBuf);
 
 impl Drop for Scratch {
@@ -415,6 +417,11 @@ impl Snapshots {
         let id = group.info.id;
         // The commit at `oldest` itself stays: a device at that head verifies the
         // next commit against it, and its certificate proves the snapshot's head.
+        // The sequencer refuses the bases about to go before they go.
+        let before = group
+            .info
+            .oldest
+            .fetch_max(oldest.saturating_sub(1), Ordering::AcqRel);
         self.store
             .maintain(move |c| {
                 c.execute(
@@ -436,7 +443,10 @@ impl Snapshots {
                 )?;
                 Ok(())
             })
-            .map_err(unavailable)?;
+            .map_err(|e| {
+                group.info.oldest.store(before, Ordering::Release);
+                unavailable(e)
+            })?;
         let named = self.store.objects().map_err(unavailable)?;
         for r in rows.iter().filter(|r| r.seq < oldest) {
             if !named.contains(&r.blake3) {

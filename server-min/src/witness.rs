@@ -12,7 +12,7 @@ use crate::group::{self, Env, Group};
 use crate::metrics::Metrics;
 use crate::problem::{Code, Problem};
 use crate::replica::{check_ddl, Replica, SchemaError};
-use crate::snapshot::{replica_path, Groups, Policy, Snapshots};
+use crate::snapshot::{remove_db, replica_path, Groups, Policy, Snapshots};
 use crate::store::{Store, StoredCommit};
 
 /// Why the witness could not start.
@@ -49,14 +49,6 @@ pub fn valid_group_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         && !name.starts_with(['.', '-'])
-}
-
-fn remove_db(path: &Path) {
-    for suffix in ["", "-wal", "-shm", "-journal"] {
-        let mut p = path.as_os_str().to_owned();
-        p.push(suffix);
-        let _ = std::fs::remove_file(PathBuf::from(p));
-    }
 }
 
 impl Witness {

@@ -486,6 +486,31 @@ fn only_admins_make_snapshots_and_readers_read_them() {
     assert_problem(&other.snapshot_latest("g"), 403, "forbidden");
     assert_problem(&anon.snapshot_at("g", "1"), 401, "unauthorized");
     assert_problem(&other.snapshot_at("g", "1"), 403, "forbidden");
+    // The certificate of a commit by its key is a read too.
+    let by_key = |c: &Client, key: &str| {
+        c.send(
+            "GET",
+            &format!("/v1/groups/g/certificates?key={key}"),
+            &[],
+            None,
+        )
+        .expect("certificate request")
+    };
+    for c in [&reader, &writer, &admin] {
+        let r = by_key(c, "k1");
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(
+            Certificate::from_json(&r.body).ok(),
+            Some(f.writer.certs[0].clone())
+        );
+        assert_problem(&by_key(c, "k2"), 404, "not_found");
+    }
+    assert_problem(&by_key(&anon, "k1"), 401, "unauthorized");
+    assert_problem(&by_key(&other, "k1"), 403, "forbidden");
+    let r = reader
+        .send("GET", "/v1/groups/g/certificates", &[], None)
+        .expect("certificate request");
+    assert_problem(&r, 400, "bad_request");
 
     // A group with no commit yet: a snapshot of genesis, with no rows.
     let r = other.snapshot_make("h");

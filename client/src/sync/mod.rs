@@ -456,7 +456,6 @@ pub fn bootstrap_now<D: Db>(db: &D) -> Result<Summary, Error> {
     run(db, |db, cfg, remote, sum| {
         let path = status::db_path(db)?;
         let b = bootstrap::bootstrap(db, cfg, remote, &path, bootstrap::Reason::Asked);
-        status::update(&path, |s| s.progress = None);
         sum.add_pull(&Pull {
             bootstrapped: b?,
             ..Pull::default()
