@@ -4,8 +4,8 @@
 //! history append (and so one fsync shared with every other group's batch) for all.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::mpsc::{self, Receiver};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 
 use bytes::Bytes;
