@@ -16,21 +16,16 @@ use libfuzzer_sys::fuzz_target;
 use pdb_client::apply::{apply, OnConflict};
 use pdb_client::changeset::{parse, Change, Op, TableHeader, Writer};
 use pdb_client::value::{decode_field, UNDEFINED};
-use pdb_client::{capture, queue, schema, Error, ValueRef};
-use pdb_fuzz::{from_rusqlite, to_rusqlite, Conn};
-use rusqlite::backup::{Backup, StepResult};
+use pdb_client::{capture, queue, schema, ValueRef};
+use pdb_fuzz::{
+    dump, dump_queries, encode_row, open, pragma, refused_statement, to_rusqlite, Conn, Dump,
+    Tables,
+};
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{params_from_iter, Connection};
 
-const SQLITE_ERROR: i32 = 1;
-const SQLITE_MISUSE: i32 = 21;
-const SQLITE_RANGE: i32 = 25;
-
 const BASE_SQL: &str = include_str!("../apply/base.sql");
 const LOCAL_SQL: &str = include_str!("../apply/local.sql");
-
-/// Every row of every table, encoded by [`dump`].
-type Dump = Vec<u8>;
 
 /// A row: lower-cased table name (SQL compares names case-insensitively) and the key
 /// values as stored, encoded and concatenated in column order.
@@ -118,9 +113,7 @@ impl Keys {
             .and_then(|mut s| {
                 s.query_row(params_from_iter(&values), |r| {
                     let mut key = Vec::new();
-                    for i in 0..*n {
-                        from_rusqlite(r.get_ref(i)?).encode(&mut key);
-                    }
+                    encode_row(r, &mut key)?;
                     Ok(key)
                 })
             });
@@ -172,7 +165,13 @@ impl State {
         let keys = Keys::new(&template);
         let mut db = open();
         restore(&template, &mut db);
-        let queries = dump_queries(&db);
+        let queries = dump_queries(
+            &db,
+            Tables::All {
+                schema: None,
+                temp: false,
+            },
+        );
         let base = dump(&db, &queries);
         let base_pending = pending(&db);
         assert!(!base_pending.is_empty(), "local.sql left nothing pending");
@@ -208,14 +207,8 @@ impl State {
         match &result {
             Err(e) => {
                 assert!(after == self.base, "{ctx}: failed but changed the database");
-                // apply writes every statement it runs itself: SQLite refusing one (bad
-                // SQL, a bad parameter index, misuse) is a bug whatever the input.
-                if let Error::Db(e) = e {
-                    let code = e.primary();
-                    assert!(
-                        ![SQLITE_ERROR, SQLITE_MISUSE, SQLITE_RANGE].contains(&code),
-                        "{ctx}: SQLite refused a statement of apply (code {code})"
-                    );
+                if let Some(code) = refused_statement(e) {
+                    panic!("{ctx}: SQLite refused a statement of apply (code {code})");
                 }
             }
             Ok(stats) => {
@@ -272,14 +265,6 @@ impl State {
     }
 }
 
-fn open() -> Connection {
-    let db = Connection::open_in_memory().expect("open");
-    // The default 16 is fewer than apply and the dump use between them, and preparing
-    // anew would be most of the time spent per input.
-    db.set_prepared_statement_cache_capacity(256);
-    db
-}
-
 /// What apply writes is not a local change: a row it does not name keeps exactly its
 /// pending change, and no row becomes pending that was not before.
 fn check_pending(
@@ -333,21 +318,10 @@ fn check_carried_forward(after: &Pending, named: &BTreeMap<RowKey, Vec<&Change<'
 }
 
 fn restore(from: &Conn, to: &mut Conn) {
-    // -1: every page in one step; nothing else uses these connections meanwhile.
-    let step = Backup::new(from, to).and_then(|b| b.step(-1));
-    assert!(
-        matches!(step, Ok(StepResult::Done)),
-        "restore the template: {step:?}"
-    );
+    pdb_fuzz::restore(from, to);
     // A per-connection setting: the copy does not carry it.
     to.execute_batch("PRAGMA foreign_keys = ON")
         .expect("foreign_keys");
-}
-
-fn pragma(db: &Connection, name: &str) -> i64 {
-    db.prepare_cached(&format!("PRAGMA {name}"))
-        .and_then(|mut s| s.query_row([], |r| r.get(0)))
-        .expect("pragma")
 }
 
 fn foreign_key_violations(db: &Connection) -> usize {
@@ -374,46 +348,6 @@ fn pending(db: &Conn) -> Pending {
             };
             // Pending keys are read from the tables, so they are already stored forms.
             out.insert((h.name.to_ascii_lowercase(), c.key(h.pk)), p);
-        }
-    }
-    out
-}
-
-/// One query per table of the base database, sqlite_schema first, each ordering the
-/// rows by all columns (a total order: every table has a primary key).
-fn dump_queries(db: &Connection) -> Vec<String> {
-    let mut tables: Vec<String> = db
-        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
-        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-        .expect("list tables");
-    tables.insert(0, "sqlite_schema".into());
-    tables
-        .iter()
-        .map(|name| {
-            let from = format!("FROM \"{}\"", name.replace('"', "\"\""));
-            let n = db
-                .prepare(&format!("SELECT * {from}"))
-                .expect("prepare")
-                .column_count();
-            let order: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
-            format!("SELECT * {from} ORDER BY {}", order.join(", "))
-        })
-        .collect()
-}
-
-/// The rows of every table in record format, each table's after a 0xff byte (no value
-/// starts with one), so that equal dumps mean equal content.
-fn dump(db: &Connection, queries: &[String]) -> Dump {
-    let mut out = Vec::new();
-    for sql in queries {
-        out.push(0xff);
-        let mut stmt = db.prepare_cached(sql).expect("prepare dump");
-        let n = stmt.column_count();
-        let mut rows = stmt.query([]).expect("dump");
-        while let Some(row) = rows.next().expect("dump") {
-            for i in 0..n {
-                from_rusqlite(row.get_ref(i).expect("column")).encode(&mut out);
-            }
         }
     }
     out

@@ -77,8 +77,10 @@ use pdb_client::sync::strategy::{self, Strategy};
 use pdb_client::transport::Pulled;
 use pdb_client::value::decode_field;
 use pdb_client::{capture, history, queue, Error, Value, ValueRef};
-use pdb_fuzz::{from_rusqlite, Conn};
-use rusqlite::backup::{Backup, StepResult};
+use pdb_fuzz::{
+    dump, dump_queries, error_kind, open, pragma, refused_statement, restore, show, stats_level,
+    Conn, Dump, Tables,
+};
 use rusqlite::OptionalExtension;
 
 const BASE_SQL: &str = include_str!("../pulled/base.sql");
@@ -94,13 +96,6 @@ const MAX_COMMITS: usize = 4;
 /// The state certified for a commit the scratch copy could not apply.
 const NO_STATE: Hash = [0; 32];
 const COMMITTED_AT: i64 = 1_700_000_000_000;
-
-const SQLITE_ERROR: i32 = 1;
-const SQLITE_MISUSE: i32 = 21;
-const SQLITE_RANGE: i32 = 25;
-
-/// Every row of a set of tables, encoded by [`dump`].
-type Dump = Vec<u8>;
 
 /// A row of `pdb_upload_queue`: id, changeset, hash, idempotency_key, base_seq,
 /// base_head, pushed_seq, dead.
@@ -312,8 +307,14 @@ impl Target {
         let dev_tpl = db;
         let mut db = open();
         restore(&dev_tpl, &mut db);
-        let all_queries = dump_queries(&db, None);
-        let user_queries = dump_queries(&db, Some(&["t", "w"]));
+        let all_queries = dump_queries(
+            &db,
+            Tables::All {
+                schema: None,
+                temp: true,
+            },
+        );
+        let user_queries = dump_queries(&db, Tables::Only(&["t", "w"]));
         let scratch = open();
         scratch.execute_batch(BASE_SQL).expect("base.sql");
         assert!(
@@ -335,11 +336,7 @@ impl Target {
             user_queries,
             before: HashMap::new(),
             stats: Stats::default(),
-            print_stats: match std::env::var("PDB_FUZZ_STATS").as_deref() {
-                Ok("each") => 2,
-                Ok(_) => 1,
-                Err(_) => 0,
-            },
+            print_stats: stats_level(),
         }
     }
 
@@ -426,23 +423,19 @@ impl Target {
             eprintln!("pulled_history: {ctx}");
         }
         assert!(self.db.is_autocommit(), "{ctx}: left a transaction open");
-        let defer: i64 = self
-            .db
-            .query_row("PRAGMA defer_foreign_keys", [], |r| r.get(0))
-            .expect("defer_foreign_keys");
-        assert_eq!(defer, 0, "{ctx}: left defer_foreign_keys on");
+        assert_eq!(
+            pragma(&self.db, "defer_foreign_keys"),
+            0,
+            "{ctx}: left defer_foreign_keys on"
+        );
         match &result {
             Err(e) => {
                 assert!(
                     !matches!(e, Error::Chain(_)),
                     "{ctx}: refused valid certificates"
                 );
-                if let Error::Db(e) = e {
-                    let code = e.primary();
-                    assert!(
-                        ![SQLITE_ERROR, SQLITE_MISUSE, SQLITE_RANGE].contains(&code),
-                        "{ctx}: SQLite refused a statement of integrate (code {code})"
-                    );
+                if let Some(code) = refused_statement(e) {
+                    panic!("{ctx}: SQLite refused a statement of integrate (code {code})");
                 }
                 let after = dump(&self.db, &self.all_queries);
                 assert!(
@@ -450,12 +443,7 @@ impl Target {
                     "{ctx}: failed but changed the database"
                 );
                 if scratch_ok {
-                    let kind: String = e
-                        .to_string()
-                        .chars()
-                        .map(|c| if c.is_ascii_digit() { '#' } else { c })
-                        .take(50)
-                        .collect();
+                    let kind = error_kind(e, 50);
                     *self.stats.refused_scratch_ok.entry(kind).or_default() += 1;
                 } else {
                     self.stats.refused_scratch_failed += 1;
@@ -475,7 +463,7 @@ impl Target {
         }
         self.scratch.execute_batch("ROLLBACK").expect("ROLLBACK");
         self.stats.runs += 1;
-        if self.print_stats == 1 && self.stats.runs % 10_000 == 0 {
+        if self.print_stats == 1 && self.stats.runs.is_multiple_of(10_000) {
             let s = &self.stats;
             eprintln!(
                 "pulled_history: {} runs, {} applied ({} confirmed, {} conflicts), \
@@ -727,85 +715,4 @@ fn touched(infos: &[TableInfo], cs: &[u8]) -> Result<Vec<(usize, Vec<Value>)>, S
 
 fn row(db: &Conn, info: &TableInfo, key: &[Value]) -> Option<Row> {
     Rows::new(db, info).get(key).expect("read a row")
-}
-
-fn open() -> Conn {
-    let db = Conn::open_in_memory().expect("open");
-    db.set_prepared_statement_cache_capacity(256);
-    db
-}
-
-fn restore(from: &Conn, to: &mut Conn) {
-    // -1: every page in one step; nothing else uses these connections meanwhile.
-    let step = Backup::new(from, to).and_then(|b| b.step(-1));
-    assert!(
-        matches!(step, Ok(StepResult::Done)),
-        "restore a template: {step:?}"
-    );
-}
-
-/// One query per table (`only`, or every table, the schemas first), each ordering the
-/// rows by all columns (a total order: every table has a primary key).
-fn dump_queries(db: &Conn, only: Option<&[&str]>) -> Vec<String> {
-    let tables: Vec<String> = match only {
-        Some(names) => names.iter().map(|n| n.to_string()).collect(),
-        None => {
-            let mut t: Vec<String> = db
-                .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
-                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-                .expect("list tables");
-            t.insert(0, "sqlite_schema".into());
-            t.insert(1, "sqlite_temp_schema".into());
-            t
-        }
-    };
-    tables
-        .iter()
-        .map(|name| {
-            let from = format!("FROM \"{}\"", name.replace('"', "\"\""));
-            let n = db
-                .prepare(&format!("SELECT * {from}"))
-                .expect("prepare")
-                .column_count();
-            let order: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
-            format!("SELECT * {from} ORDER BY {}", order.join(", "))
-        })
-        .collect()
-}
-
-/// The rows of every table in record format, each table's after a 0xff byte (no value
-/// starts with one), so that equal dumps mean equal content, value for value.
-fn dump(db: &Conn, queries: &[String]) -> Dump {
-    let mut out = Vec::new();
-    for sql in queries {
-        out.push(0xff);
-        let mut stmt = db.prepare_cached(sql).expect("prepare dump");
-        let n = stmt.column_count();
-        let mut rows = stmt.query([]).expect("dump");
-        while let Some(row) = rows.next().expect("dump") {
-            for i in 0..n {
-                from_rusqlite(row.get_ref(i).expect("column")).encode(&mut out);
-            }
-        }
-    }
-    out
-}
-
-/// The rows of `queries` as text, for a failure message.
-fn show(db: &Conn, queries: &[String]) -> String {
-    let mut out = String::new();
-    for sql in queries {
-        out.push_str(sql);
-        out.push('\n');
-        let mut stmt = db.prepare_cached(sql).expect("prepare dump");
-        let n = stmt.column_count();
-        let mut rows = stmt.query([]).expect("dump");
-        while let Some(row) = rows.next().expect("dump") {
-            let vals: Vec<String> = (0..n)
-                .map(|i| format!("{:?}", from_rusqlite(row.get_ref(i).expect("column"))))
-                .collect();
-            out.push_str(&format!("  {}\n", vals.join(", ")));
-        }
-    }
-    out
 }

@@ -66,8 +66,10 @@ use pdb_client::sync::bootstrap::install_attached;
 use pdb_client::sync::config::{self, Config};
 use pdb_client::sync::rebase::SNAPSHOT_SCHEMA;
 use pdb_client::{capture, history, queue, Value};
-use pdb_fuzz::{from_rusqlite, Conn};
-use rusqlite::backup::{Backup, StepResult};
+use pdb_fuzz::{
+    dump, dump_queries, encode_row, error_kind, from_rusqlite, open, restore, show, show_statement,
+    stats_level, Conn, Dump, Tables,
+};
 use rusqlite::types::ValueRef as SqlRef;
 use rusqlite::OptionalExtension;
 
@@ -81,8 +83,6 @@ const CREATED_AT: i64 = 1_700_000_000_000;
 const LOCAL_ID: i64 = 1;
 const LOCAL_V: &str = "local";
 
-/// Every row of a set of tables, encoded by [`dump`].
-type Dump = Vec<u8>;
 /// A `sqlite_schema` entry: type, name, tbl_name.
 type Object = (String, String, String);
 
@@ -158,11 +158,7 @@ impl Target {
             std::env::temp_dir().join(format!("pdb-fuzz-snapshot-image-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temporary directory");
         let file = dir.join("image.db");
-        let print_stats = match std::env::var("PDB_FUZZ_STATS").as_deref() {
-            Ok("each") => 2,
-            Ok(_) => 1,
-            Err(_) => 0,
-        };
+        let print_stats = stats_level();
         if let Some(seeds) = std::env::var_os("PDB_FUZZ_WRITE_SEEDS") {
             write_seeds(Path::new(&seeds), &dir);
         }
@@ -219,7 +215,7 @@ impl Target {
             "the image cannot be detached after install_attached: {detached:?}"
         );
         self.remove_files();
-        if self.print_stats == 1 && self.stats.runs % 10_000 == 0 {
+        if self.print_stats == 1 && self.stats.runs.is_multiple_of(10_000) {
             let s = &self.stats;
             eprintln!(
                 "snapshot_image: {} runs, {} not attachable, {} refused as expected, installed {:?}, \
@@ -349,12 +345,7 @@ impl Target {
                 if must_fail {
                     self.stats.refused_expected += 1;
                 } else {
-                    let kind: String = e
-                        .to_string()
-                        .chars()
-                        .map(|c| if c.is_ascii_digit() { '#' } else { c })
-                        .take(60)
-                        .collect();
+                    let kind = error_kind(&e, 60);
                     *self.stats.refused_honest.entry(kind).or_default() += 1;
                 }
             }
@@ -557,7 +548,13 @@ fn device(case: usize, key_hex: &str) -> Device {
             "the local row is not pending"
         );
     }
-    let queries = dump_queries(&db);
+    let queries = dump_queries(
+        &db,
+        Tables::All {
+            schema: Some("main"),
+            temp: true,
+        },
+    );
     let before = dump(&db, &queries);
     let objects = objects(&db, "main").expect("main.sqlite_schema");
     Device {
@@ -566,21 +563,6 @@ fn device(case: usize, key_hex: &str) -> Device {
         before,
         objects,
     }
-}
-
-fn open() -> Conn {
-    let db = Conn::open_in_memory().expect("open");
-    db.set_prepared_statement_cache_capacity(256);
-    db
-}
-
-fn restore(from: &Conn, to: &mut Conn) {
-    // -1: every page in one step; nothing else uses these connections meanwhile.
-    let step = Backup::new(from, to).and_then(|b| b.step(-1));
-    assert!(
-        matches!(step, Ok(StepResult::Done)),
-        "restore a template: {step:?}"
-    );
 }
 
 fn text(v: SqlRef<'_>) -> String {
@@ -606,70 +588,6 @@ fn objects(db: &Conn, schema: &str) -> Result<BTreeSet<Object>, rusqlite::Error>
     .collect()
 }
 
-/// One query per table of main, the schemas (main and temp) first, each ordering the
-/// rows by all columns (a total order: every table of a device has a primary key).
-fn dump_queries(db: &Conn) -> Vec<String> {
-    let mut tables: Vec<String> = db
-        .prepare("SELECT name FROM main.sqlite_schema WHERE type = 'table' ORDER BY name")
-        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-        .expect("list tables");
-    tables.insert(0, "sqlite_schema".into());
-    let mut out: Vec<String> = tables
-        .iter()
-        .map(|name| {
-            let from = format!("FROM main.{}", quote(name));
-            let n = db
-                .prepare(&format!("SELECT * {from}"))
-                .expect("prepare")
-                .column_count();
-            let order: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
-            format!("SELECT * {from} ORDER BY {}", order.join(", "))
-        })
-        .collect();
-    out.insert(
-        1,
-        "SELECT * FROM temp.sqlite_schema ORDER BY 1, 2, 3, 4, 5".into(),
-    );
-    out
-}
-
-/// The rows of every table in record format, each table's after a 0xff byte (no value
-/// starts with one), so that equal dumps mean equal content, value for value.
-fn dump(db: &Conn, queries: &[String]) -> Dump {
-    let mut out = Vec::new();
-    for sql in queries {
-        out.push(0xff);
-        let mut stmt = db.prepare_cached(sql).expect("prepare dump");
-        let n = stmt.column_count();
-        let mut rows = stmt.query([]).expect("dump");
-        while let Some(row) = rows.next().expect("dump") {
-            for i in 0..n {
-                from_rusqlite(row.get_ref(i).expect("column")).encode(&mut out);
-            }
-        }
-    }
-    out
-}
-
-/// The rows of `queries` as text, for a failure message.
-fn show(db: &Conn, queries: &[String]) -> String {
-    let mut out = String::new();
-    for sql in queries {
-        out.push_str(sql);
-        out.push('\n');
-        let mut stmt = db.prepare_cached(sql).expect("prepare dump");
-        let n = stmt.column_count();
-        let mut rows = stmt.query([]).expect("dump");
-        while let Some(row) = rows.next().expect("dump") {
-            let vals: Vec<String> = (0..n)
-                .map(|i| format!("{:?}", from_rusqlite(row.get_ref(i).expect("column"))))
-                .collect();
-            out.push_str(&format!("  {}\n", vals.join(", ")));
-        }
-    }
-    out
-}
-
 fn rows_query(schema: &str, info: &TableInfo) -> String {
     let cols: Vec<String> = info.columns.iter().map(|c| quote(&c.name)).collect();
     format!(
@@ -686,13 +604,10 @@ fn rows(db: &Conn, schema: &str, info: &TableInfo) -> Vec<Vec<u8>> {
     let mut stmt = db
         .prepare(&rows_query(schema, info))
         .unwrap_or_else(|e| panic!("read {schema}.{}: {e}", info.name));
-    let n = stmt.column_count();
     let mut out: Vec<Vec<u8>> = stmt
         .query_map([], |r| {
             let mut row = Vec::new();
-            for i in 0..n {
-                from_rusqlite(r.get_ref(i)?).encode(&mut row);
-            }
+            encode_row(r, &mut row)?;
             Ok(row)
         })
         .and_then(|rows| rows.collect())
@@ -702,17 +617,7 @@ fn rows(db: &Conn, schema: &str, info: &TableInfo) -> Vec<Vec<u8>> {
 }
 
 fn show_rows(db: &Conn, schema: &str, info: &TableInfo) -> String {
-    let mut stmt = db.prepare(&rows_query(schema, info)).expect("prepare");
-    let n = stmt.column_count();
-    let mut out = String::new();
-    let mut rows = stmt.query([]).expect("rows");
-    while let Some(row) = rows.next().expect("row") {
-        let vals: Vec<String> = (0..n)
-            .map(|i| format!("{:?}", from_rusqlite(row.get_ref(i).expect("column"))))
-            .collect();
-        out.push_str(&format!("  {}\n", vals.join(", ")));
-    }
-    out
+    show_statement(&mut db.prepare(&rows_query(schema, info)).expect("prepare"))
 }
 
 /// Writes the seeds: valid images (built with this SQLite, pages of 512 bytes so that

@@ -561,6 +561,38 @@ fn an_image_whose_rows_differ_from_the_certified_state_is_refused() {
 }
 
 #[test]
+fn an_image_whose_schema_was_written_by_hand_is_refused() {
+    let dir = scratch("schema");
+    let fake = Fake::start();
+    let g = Group::new(&dir, &HISTORY);
+    fake.publish(&g);
+    // Rows and schema hash as certified, the manifest signed and matching the bytes;
+    // only a field of the schema table is no longer what SQLite writes there.
+    let file = dir.join("hand-written.db");
+    std::fs::write(&file, &g.image).unwrap();
+    let conn = Connection::open(&file).unwrap();
+    conn.execute_batch(
+        "PRAGMA writable_schema = ON; \
+         UPDATE sqlite_schema SET tbl_name = CAST(tbl_name AS BLOB) WHERE name = 'notes'; \
+         PRAGMA writable_schema = OFF;",
+    )
+    .unwrap();
+    drop(conn);
+    let bad = std::fs::read(&file).unwrap();
+    let m = sign(&witness_key(), g.last(), &bad);
+    fake.set(|s| {
+        s.manifest = Some(manifest_json(&m));
+        s.object = Arc::new(bad);
+    });
+    refused(
+        &fake,
+        &dir,
+        "d",
+        "the tbl_name of entry \"notes\" is not UTF-8 text",
+    );
+}
+
+#[test]
 fn a_manifest_that_is_not_json_or_lacks_a_field_is_refused() {
     let dir = scratch("malformed");
     let fake = Fake::start();

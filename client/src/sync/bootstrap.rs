@@ -286,6 +286,10 @@ fn certificate_of(remote: &Remote, cfg: &Config, m: &Manifest) -> Result<Certifi
 /// trackable, with the manifest's schema hash.
 fn image_tables<D: Db>(db: &D, m: &Manifest) -> Result<Vec<(TableInfo, Vec<String>)>, Error> {
     let mut objects: Vec<(String, String, String, String)> = Vec::new();
+    // SQLite writes every field of its schema table as text; anything else was
+    // written by hand, and a lossy reading could make the check and the install see
+    // two different schemas.
+    let mut odd = None;
     let mut stmt = db.prepare(&format!(
         "SELECT type, name, tbl_name, coalesce(sql, '') FROM {}.sqlite_schema \
          WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY type DESC, name",
@@ -293,13 +297,37 @@ fn image_tables<D: Db>(db: &D, m: &Manifest) -> Result<Vec<(TableInfo, Vec<Strin
     ))?;
     stmt.query(&mut |r| {
         let t = |i: usize| match r[i] {
-            ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-            _ => String::new(),
+            ValueRef::Text(t) => std::str::from_utf8(t).ok().map(str::to_string),
+            _ => None,
         };
-        objects.push((t(0), t(1), t(2), t(3)));
+        match (t(0), t(1), t(2), t(3)) {
+            (Some(kind), Some(name), Some(table), Some(sql)) => {
+                if kind == "table" && table != name {
+                    odd.get_or_insert(format!("table \"{name}\" names table \"{table}\""));
+                }
+                objects.push((kind, name, table, sql));
+            }
+            fields => {
+                let column = match fields {
+                    (None, ..) => "type",
+                    (_, None, ..) => "name",
+                    (_, _, None, _) => "tbl_name",
+                    _ => "sql",
+                };
+                let name = t(1).unwrap_or_default();
+                odd.get_or_insert(format!(
+                    "the {column} of entry \"{name}\" is not UTF-8 text"
+                ));
+            }
+        }
         Ok(())
     })?;
     drop(stmt);
+    if let Some(why) = odd {
+        return Err(refused(format!(
+            "the image's schema is not one SQLite wrote: {why}; nothing installed"
+        )));
+    }
     let mut tables: Vec<(TableInfo, Vec<String>)> = Vec::new();
     for (kind, name, _, sql) in &objects {
         match kind.as_str() {
