@@ -76,6 +76,13 @@ pub struct GroupInfo {
     pub oldest: Arc<AtomicU64>,
 }
 
+impl GroupInfo {
+    /// [`GroupInfo::oldest`] now: the one answer to "how far back does the history go".
+    pub fn oldest_head(&self) -> u64 {
+        self.oldest.load(Ordering::Acquire)
+    }
+}
+
 type Reply = oneshot::Sender<Result<Accepted, Problem>>;
 
 enum Job {

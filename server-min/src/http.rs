@@ -458,23 +458,20 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 /// it names the oldest head still served and the newest snapshot to start from.
 async fn compacted(app: &Arc<App>, group: &Arc<Group>, after: u64) -> Problem {
     let (w, g) = (app.witness.clone(), group.clone());
-    let found = tokio::task::spawn_blocking(move || {
-        let oldest = w.store().oldest_head(g.info.id).unwrap_or(0);
-        let latest = w.snapshots().latest(&g).ok().flatten().map(|m| m.seq);
-        (oldest, latest)
-    })
-    .await
-    .unwrap_or((0, None));
+    let oldest = group.info.oldest_head();
+    let latest =
+        tokio::task::spawn_blocking(move || w.snapshots().latest(&g).ok().flatten().map(|m| m.seq))
+            .await
+            .unwrap_or(None);
     Problem::new(
         Code::Compacted,
         format!(
-            "commits after seq {after} were compacted (the oldest head kept is seq {}): \
-             bootstrap from a snapshot",
-            found.0
+            "commits after seq {after} were compacted (the oldest head kept is seq {oldest}): \
+             bootstrap from a snapshot"
         ),
     )
-    .with("oldest_seq", found.0)
-    .with("snapshot_seq", found.1)
+    .with("oldest_seq", oldest)
+    .with("snapshot_seq", latest)
 }
 
 async fn blocking<T: Send + 'static>(

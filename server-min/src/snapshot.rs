@@ -474,7 +474,7 @@ impl Snapshots {
         if let Some(b) = base.as_ref().filter(|b| b.seq == seq) {
             return Ok(self.manifest(group, b));
         }
-        let oldest = self.store.oldest_head(id).map_err(unavailable)?;
+        let oldest = group.info.oldest_head();
         // Replaying from the base needs the commits after it, and none before `oldest`
         // are kept.
         if seq < oldest || base.as_ref().map_or(0, |b| b.seq) < oldest {

@@ -534,18 +534,8 @@ fn settle_in_flight<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<(), 
     if !capture::has_schema(db)? {
         return Ok(());
     }
-    let mut first = None;
-    db.prepare(
-        "SELECT id, idempotency_key FROM pdb_upload_queue \
-         WHERE dead IS NULL AND pushed_seq IS NULL ORDER BY id LIMIT 1",
-    )?
-    .query(&mut |r| {
-        if let (ValueRef::Integer(id), ValueRef::Text(key)) = (r[0], r[1]) {
-            first = Some((id, String::from_utf8_lossy(key).into_owned()));
-        }
-        Ok(())
-    })?;
-    let Some((id, key)) = first else {
+    // The one a push would send next.
+    let Some(super::Outgoing { id, key, .. }) = super::next_outgoing(db)? else {
         return Ok(());
     };
     let Some(cert) = remote.certificate(&key)?.map_err(Error::Rejected)? else {
