@@ -31,12 +31,7 @@ impl Device {
         key: &[u8; 32],
     ) -> Device {
         let path = dir.join(format!("{name}.db"));
-        let conn = Connection::open(&path).expect("open device database");
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .expect("busy timeout");
-        conn.pragma_update(None, "journal_mode", "wal")
-            .expect("wal");
-        crate::load(&conn);
+        let conn = open(&path);
         conn.execute_batch(ddl).expect("device DDL");
         for t in tables {
             let _: String = conn
@@ -129,13 +124,7 @@ impl Device {
             let _ = std::fs::remove_file(p);
         }
         std::fs::rename(copy, &self.path).expect("restore the copy");
-        let conn = Connection::open(&self.path).expect("reopen device database");
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .expect("busy timeout");
-        conn.pragma_update(None, "journal_mode", "wal")
-            .expect("wal");
-        crate::load(&conn);
-        self.conn = conn;
+        self.conn = open(&self.path);
     }
 
     /// `pdb_status()`.
@@ -176,4 +165,16 @@ impl Device {
             .map(|s| serde_json::from_str(&s.expect("row")).expect("json"))
             .collect()
     }
+}
+
+/// A device's database file opened as an application would: WAL, a busy timeout, and
+/// `libpdb` loaded.
+fn open(path: &Path) -> Connection {
+    let conn = Connection::open(path).expect("open device database");
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .expect("busy timeout");
+    conn.pragma_update(None, "journal_mode", "wal")
+        .expect("wal");
+    crate::load(&conn);
+    conn
 }

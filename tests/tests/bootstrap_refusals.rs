@@ -536,6 +536,23 @@ fn a_manifest_head_outside_the_certified_history_is_refused() {
     );
 }
 
+/// Serves `g`'s image changed by `sql`, under a manifest of it signed by the pinned
+/// key at `g`'s last certificate: only the image's content can give it away.
+fn publish_edited(fake: &Fake, dir: &Path, g: &Group, sql: &str) {
+    let file = dir.join("edited.db");
+    std::fs::write(&file, &g.image).unwrap();
+    let conn = Connection::open(&file).unwrap();
+    conn.execute_batch(sql).unwrap();
+    drop(conn);
+    let bad = std::fs::read(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let m = sign(&witness_key(), g.last(), &bad);
+    fake.set(|s| {
+        s.manifest = Some(manifest_json(&m));
+        s.object = Arc::new(bad);
+    });
+}
+
 #[test]
 fn an_image_whose_rows_differ_from_the_certified_state_is_refused() {
     let dir = scratch("state");
@@ -544,18 +561,12 @@ fn an_image_whose_rows_differ_from_the_certified_state_is_refused() {
     fake.publish(&g);
     // The image holds one row more than the certified state; manifest and certificate
     // agree and are signed, and the image matches the manifest's size and hash.
-    let file = dir.join("extra.db");
-    std::fs::write(&file, &g.image).unwrap();
-    let conn = Connection::open(&file).unwrap();
-    conn.execute_batch("INSERT INTO notes VALUES (1000, 'smuggled')")
-        .unwrap();
-    drop(conn);
-    let bad = std::fs::read(&file).unwrap();
-    let m = sign(&witness_key(), g.last(), &bad);
-    fake.set(|s| {
-        s.manifest = Some(manifest_json(&m));
-        s.object = Arc::new(bad);
-    });
+    publish_edited(
+        &fake,
+        &dir,
+        &g,
+        "INSERT INTO notes VALUES (1000, 'smuggled')",
+    );
     let err = refused(&fake, &dir, "d", "state digest");
     assert!(err.contains(&hex(&g.last().state)), "{err}");
 }
@@ -568,22 +579,14 @@ fn an_image_whose_schema_was_written_by_hand_is_refused() {
     fake.publish(&g);
     // Rows and schema hash as certified, the manifest signed and matching the bytes;
     // only a field of the schema table is no longer what SQLite writes there.
-    let file = dir.join("hand-written.db");
-    std::fs::write(&file, &g.image).unwrap();
-    let conn = Connection::open(&file).unwrap();
-    conn.execute_batch(
+    publish_edited(
+        &fake,
+        &dir,
+        &g,
         "PRAGMA writable_schema = ON; \
          UPDATE sqlite_schema SET tbl_name = CAST(tbl_name AS BLOB) WHERE name = 'notes'; \
          PRAGMA writable_schema = OFF;",
-    )
-    .unwrap();
-    drop(conn);
-    let bad = std::fs::read(&file).unwrap();
-    let m = sign(&witness_key(), g.last(), &bad);
-    fake.set(|s| {
-        s.manifest = Some(manifest_json(&m));
-        s.object = Arc::new(bad);
-    });
+    );
     refused(
         &fake,
         &dir,

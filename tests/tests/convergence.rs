@@ -309,17 +309,6 @@ fn register_merge(conn: &Connection) {
     .expect("register sim_merge");
 }
 
-/// Opens an existing device file as `Device::new` does, without its setup.
-fn reopen(path: &Path) -> Connection {
-    let conn = Connection::open(path).expect("reopen device");
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .unwrap();
-    conn.pragma_update(None, "journal_mode", "wal").unwrap();
-    pdb_tests::load(&conn);
-    register_merge(&conn);
-    conn
-}
-
 /// One random write statement on `conn`: insert, update, delete, replace, or move a
 /// row to another key, in either table; every value it stores contains `tag` (or `w`).
 fn random_write(rng: &mut Rng, conn: &Connection, tag: &str, w: u64) -> String {
@@ -801,12 +790,10 @@ impl Sim {
 
     /// Copies device `d`'s database before a sync that may be lost to a crash.
     fn snapshot(&self, d: usize) -> (PathBuf, Option<(i64, String)>) {
-        let conn = self.conn(d);
         let path = self.dir.join(format!("d{d}-snapshot.db"));
-        let _ = std::fs::remove_file(&path);
-        conn.execute("VACUUM INTO ?1", [path.to_str().unwrap()])
-            .expect("VACUUM INTO");
-        let first = conn
+        self.devices[d].dev.copy_to(&path);
+        let first = self
+            .conn(d)
             .query_row(
                 "SELECT id, hash FROM pdb_upload_queue WHERE dead IS NULL AND pushed_seq IS NULL \
                  ORDER BY id LIMIT 1",
@@ -845,19 +832,9 @@ impl Sim {
             std::fs::remove_file(path).unwrap();
             return false;
         }
-        let db = self.devices[d].dev.path.clone();
-        // Closing the last connection checkpoints the WAL and removes it.
-        drop(std::mem::replace(
-            &mut self.devices[d].dev.conn,
-            Connection::open_in_memory().unwrap(),
-        ));
-        for suffix in ["-wal", "-shm"] {
-            let mut p = db.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
-        std::fs::rename(path, &db).unwrap();
-        self.devices[d].dev.conn = reopen(&db);
+        let dev = &mut self.devices[d].dev;
+        dev.crash_back_to(path);
+        register_merge(&dev.conn);
         self.stats.device_crashes += 1;
         self.log(&format!(
             "d{d} crashed before recording its push of commit {:?}: restored",
