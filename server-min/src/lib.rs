@@ -3,6 +3,7 @@
 //! - [`witness`]: the core — data directory, groups, start-up recovery.
 //! - [`group`]: one group's sequencer, where a commit is checked, applied and certified.
 //! - [`replica`]: a group's tables, kept at the head with the session extension.
+//! - [`schema_guard`]: the only way a group's DDL reaches SQLite.
 //! - [`snapshot`]: database images at a head, the object store, retention.
 //! - [`store`]: the durable history (`witness.db`) and its group-commit writer.
 //! - [`http`], [`request`], [`auth`], [`problem`]: the HTTP API over the core.
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod problem;
 pub mod replica;
 pub mod request;
+pub mod schema_guard;
 pub mod snapshot;
 pub mod store;
 pub mod witness;

@@ -32,11 +32,14 @@ pub enum Code {
     Compacted,
     /// A `Range` header no byte of the object satisfies (416).
     RangeNotSatisfiable,
+    /// A group's DDL is not a schema: it does something other than create tables and
+    /// indexes in `main`, or does not run (400).
+    InvalidSchema,
 }
 
 impl Code {
     /// Every code, in the order metrics list them.
-    pub const ALL: [Code; 13] = [
+    pub const ALL: [Code; 14] = [
         Code::StaleBase,
         Code::Conflict,
         Code::SchemaMismatch,
@@ -50,6 +53,7 @@ impl Code {
         Code::Unavailable,
         Code::Compacted,
         Code::RangeNotSatisfiable,
+        Code::InvalidSchema,
     ];
 
     /// The `code` member of the problem document.
@@ -68,6 +72,7 @@ impl Code {
             Code::Unavailable => "unavailable",
             Code::Compacted => "compacted",
             Code::RangeNotSatisfiable => "range_not_satisfiable",
+            Code::InvalidSchema => "invalid_schema",
         }
     }
 
@@ -80,7 +85,7 @@ impl Code {
             Code::InvalidChangeset | Code::IdempotencyConflict => 422,
             Code::TooLarge => 413,
             Code::NotFound => 404,
-            Code::BadRequest => 400,
+            Code::BadRequest | Code::InvalidSchema => 400,
             Code::Unavailable => 503,
             Code::Compacted => 410,
             Code::RangeNotSatisfiable => 416,
@@ -103,6 +108,7 @@ impl Code {
             Code::Unavailable => "The witness cannot store commits right now",
             Code::Compacted => "Those commits were compacted; bootstrap from a snapshot",
             Code::RangeNotSatisfiable => "The requested range is outside the object",
+            Code::InvalidSchema => "The DDL is not a group schema",
         }
     }
 }

@@ -15,6 +15,8 @@ use pdb_client::state::StateVector;
 use pdb_client::value::{decode_field, Value};
 use rusqlite::session::{ConflictAction, ConflictType};
 use rusqlite::{params, Connection};
+
+use crate::schema_guard;
 use serde_json::json;
 
 /// The DDL of the replica's bookkeeping tables.
@@ -40,7 +42,8 @@ impl From<rusqlite::Error> for Refusal {
 /// Why a group's DDL was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
-    /// The DDL does not run, or creates something a group cannot hold.
+    /// The DDL is refused by the schema guard, does not run, or creates something a
+    /// group cannot hold (the message names the statement or object).
     #[error("{0}")]
     Invalid(String),
     /// Storage failed.
@@ -127,8 +130,7 @@ pub fn read_position(conn: &Connection, schema: &str) -> rusqlite::Result<Positi
 /// Runs `ddl` in `conn` and reads back the tables it made, refusing anything but
 /// trackable tables and their indexes.
 fn install_schema(conn: &Connection, ddl: &str) -> Result<Vec<TableInfo>, SchemaError> {
-    conn.execute_batch(ddl)
-        .map_err(|e| SchemaError::Invalid(format!("the DDL does not run: {e}")))?;
+    schema_guard::run(conn, ddl).map_err(|e| SchemaError::Invalid(e.to_string()))?;
     let objects: Vec<(String, String)> = {
         let mut stmt = conn.prepare(
             "SELECT type, name FROM sqlite_schema WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \

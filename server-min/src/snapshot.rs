@@ -104,7 +104,14 @@ fn copy_tables(src: &Path, ddl: &str, dst: &Path) -> rusqlite::Result<Option<Pos
     // A half-written file is deleted, never read: no journal, no syncs until the end.
     conn.pragma_update(None, "journal_mode", "OFF")?;
     conn.pragma_update(None, "synchronous", "OFF")?;
-    conn.execute_batch(ddl)?;
+    // The DDL was accepted by the guard when the group was made; it runs under the
+    // guard again so that a history written before the guard existed cannot use it.
+    crate::schema_guard::run(&conn, ddl).map_err(|e| {
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_AUTH),
+            Some(format!("group DDL refused: {e}")),
+        )
+    })?;
     conn.execute("ATTACH ?1 AS src", [src.to_string_lossy()])?;
     let tables: Vec<String> = {
         let mut stmt = conn.prepare(

@@ -208,10 +208,13 @@ impl Witness {
             ));
         }
         let _one_at_a_time = self.creating.lock().unwrap_or_else(|e| e.into_inner());
-        let (_, hash) = check_ddl(ddl).map_err(|e| match e {
-            SchemaError::Invalid(m) => Problem::new(Code::BadRequest, format!("ddl: {m}")),
+        // A refused DDL stays refused however often it is sent: never `unavailable`,
+        // which tells a client to retry.
+        let refused = |e: SchemaError| match e {
+            SchemaError::Invalid(m) => Problem::new(Code::InvalidSchema, format!("ddl: {m}")),
             SchemaError::Storage(e) => Problem::new(Code::Unavailable, e.to_string()),
-        })?;
+        };
+        let (_, hash) = check_ddl(ddl).map_err(refused)?;
         if let Some(g) = self.group(name) {
             if g.info.schema_hash == hash {
                 return Ok((g, false));
@@ -226,7 +229,10 @@ impl Witness {
             |e: &dyn std::fmt::Display| Problem::new(Code::Unavailable, e.to_string());
         let path = replica_path(&self.data, name);
         remove_db(&path);
-        let replica = Replica::create(&path, ddl, genesis(name)).map_err(|e| unavailable(&e))?;
+        let replica = Replica::create(&path, ddl, genesis(name)).map_err(|e| {
+            remove_db(&path);
+            refused(e)
+        })?;
         let id = match self.store.create_group(name, ddl, hash) {
             Ok(id) => id,
             Err(e) => {

@@ -460,11 +460,11 @@ fn groups_are_created_once_with_a_checked_schema() {
         ("CREATE TABLE t(id INTEGER PRIMARY KEY); CREATE VIEW v AS SELECT * FROM t", "view"),
         ("CREATE TABLE t(id INTEGER PRIMARY KEY); CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END", "trigger"),
         ("CREATE TABLE pdb_x(id INTEGER PRIMARY KEY)", "internal"),
-        ("CREATE TABLE", "does not run"),
+        ("CREATE TABLE", "does not parse"),
         ("", "no table"),
     ] {
         let r = c.create_group("b", ddl);
-        assert_problem(&r, 400, "bad_request");
+        assert_problem(&r, 400, "invalid_schema");
         assert!(r.body["detail"].as_str().unwrap().contains(why), "{ddl}: {:?}", r.body);
     }
     assert_problem(&c.info("b"), 404, "not_found");
