@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use crate::changeset::{ConcatError, FormatError};
 use crate::db::DbError;
 use crate::history::ChainError;
@@ -48,6 +50,27 @@ pub enum Error {
     /// A snapshot failed a check; nothing of it was installed.
     #[error("snapshot refused: {0}")]
     Snapshot(String),
+    /// The witness signs with another key than the one `pdb_open` pinned.
+    #[error("{0}")]
+    WitnessKey(String),
+    /// A table's custom conflict function cannot be called on this connection, failed,
+    /// or returned something that is not a row.
+    #[error("{0}")]
+    Custom(String),
+}
+
+/// What to do after a failed sync ([`Error::retry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// The cause passes by itself (offline, a timeout, a busy witness or database): try
+    /// again after a backoff, or not before the witness's `Retry-After` when it sent one.
+    Later(Option<Duration>),
+    /// Only the application's own connection gets past it (it has the custom conflict
+    /// function): try again once the applied head moved, i.e. the application synced.
+    Application,
+    /// Trying again changes nothing until the app or the user acts (a new token, a
+    /// role, the schema, the pinned key, the group name): stop.
+    Never,
 }
 
 impl Error {
@@ -68,5 +91,165 @@ impl Error {
             Error::Conflict(_) => SQLITE_CONSTRAINT,
             _ => SQLITE_ERROR,
         }
+    }
+
+    /// Whether trying the same sync again can succeed, and when.
+    ///
+    /// A witness refusal is judged by its code (the README's table), and an unknown code
+    /// by its status: 408, 429 and 5xx pass, any other 4xx needs a change. Local errors
+    /// pass when SQLite says the database was busy or short of a resource; history or a
+    /// snapshot that fails verification would fail the same way again.
+    pub fn retry(&self) -> Retry {
+        const SQLITE_CORRUPT: i32 = 11;
+        const SQLITE_NOTADB: i32 = 26;
+        match self {
+            Error::Transport(_) => Retry::Later(None),
+            Error::Rejected(r) => match r.code.as_str() {
+                // A witness that goes on rebasing or compacting ahead of this device.
+                "stale_base"
+                | "conflict"
+                | "compacted"
+                | "unavailable"
+                | "range_not_satisfiable" => Retry::Later(r.retry_after),
+                "schema_mismatch"
+                | "unauthorized"
+                | "forbidden"
+                | "not_found"
+                | "invalid_changeset"
+                | "idempotency_conflict"
+                | "too_large"
+                | "bad_request" => Retry::Never,
+                _ if matches!(r.status, 408 | 429 | 500..=599) => Retry::Later(r.retry_after),
+                _ => Retry::Never,
+            },
+            Error::Custom(_) => Retry::Application,
+            Error::Db(e) if matches!(e.primary(), SQLITE_CORRUPT | SQLITE_NOTADB) => Retry::Never,
+            // Busy, locked, I/O, full: the database's condition, not the request's.
+            Error::Db(_) => Retry::Later(None),
+            // Also a bootstrap already running in this process, or its download file.
+            Error::Argument(_) => Retry::Later(None),
+            Error::Format(_)
+            | Error::Concat(_)
+            | Error::Table(_)
+            | Error::Schema(_)
+            | Error::Conflict(_)
+            | Error::NotOpen
+            | Error::Chain(_)
+            | Error::Diverged(_)
+            | Error::Snapshot(_)
+            | Error::WitnessKey(_) => Retry::Never,
+        }
+    }
+
+    /// A short stable name of the error's kind: the witness's problem code when it
+    /// refused, else one naming the local cause (`pdb_status()`'s `halted.code`).
+    pub fn code(&self) -> &str {
+        match self {
+            Error::Rejected(r) => &r.code,
+            Error::Transport(TransportError::Protocol(_)) => "protocol",
+            Error::Transport(_) => "unreachable",
+            Error::Db(_) => "database",
+            Error::Format(_) | Error::Concat(_) => "bad_changeset",
+            Error::Argument(_) => "argument",
+            Error::Table(_) => "table",
+            Error::Schema(_) => "schema_mismatch",
+            Error::Conflict(_) => "apply_conflict",
+            Error::NotOpen => "not_open",
+            Error::Chain(_) => "unverified_history",
+            Error::Diverged(_) => "diverged",
+            Error::Snapshot(_) => "snapshot_refused",
+            Error::WitnessKey(_) => "witness_key",
+            Error::Custom(_) => "custom_strategy",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(status: u16, code: &str, retry_after: Option<u64>) -> Error {
+        Error::Rejected(Rejection {
+            status,
+            code: code.into(),
+            detail: String::new(),
+            body: serde_json::Value::Null,
+            retry_after: retry_after.map(Duration::from_secs),
+        })
+    }
+
+    #[test]
+    fn every_code_of_the_rejection_table_is_classified() {
+        let later = Retry::Later(None);
+        for (status, code, want) in [
+            (409, "stale_base", later),
+            (409, "conflict", later),
+            (409, "schema_mismatch", Retry::Never),
+            (401, "unauthorized", Retry::Never),
+            (403, "forbidden", Retry::Never),
+            (422, "invalid_changeset", Retry::Never),
+            (422, "idempotency_conflict", Retry::Never),
+            (413, "too_large", Retry::Never),
+            (404, "not_found", Retry::Never),
+            (400, "bad_request", Retry::Never),
+            (503, "unavailable", later),
+            (410, "compacted", later),
+            (416, "range_not_satisfiable", later),
+        ] {
+            let e = refusal(status, code, None);
+            assert_eq!(e.retry(), want, "{status} {code}");
+            assert_eq!(e.code(), code);
+        }
+    }
+
+    #[test]
+    fn retry_after_is_the_next_delay_and_unknown_codes_go_by_status() {
+        let secs = |s| Retry::Later(Some(Duration::from_secs(s)));
+        assert_eq!(refusal(429, "rate_limited", Some(7)).retry(), secs(7));
+        assert_eq!(refusal(503, "unavailable", Some(3)).retry(), secs(3));
+        assert_eq!(
+            refusal(429, "rate_limited", None).retry(),
+            Retry::Later(None)
+        );
+        assert_eq!(
+            refusal(502, "bad_gateway", None).retry(),
+            Retry::Later(None)
+        );
+        assert_eq!(refusal(408, "timeout", None).retry(), Retry::Later(None));
+        assert_eq!(refusal(418, "teapot", None).retry(), Retry::Never);
+        // A known permanent code stays permanent whatever the witness adds.
+        assert_eq!(refusal(403, "forbidden", Some(1)).retry(), Retry::Never);
+    }
+
+    #[test]
+    fn local_errors_are_classified_by_what_would_change_them() {
+        let db = |code| {
+            Error::Db(DbError {
+                code,
+                message: String::new(),
+            })
+        };
+        let unreachable = Error::Transport(TransportError::Unreachable("refused".into()));
+        assert_eq!(unreachable.retry(), Retry::Later(None));
+        assert_eq!(unreachable.code(), "unreachable");
+        let garbled = Error::Transport(TransportError::Protocol("status 502".into()));
+        assert_eq!(garbled.retry(), Retry::Later(None));
+        // SQLITE_BUSY, SQLITE_LOCKED, SQLITE_BUSY_SNAPSHOT, SQLITE_FULL pass.
+        for code in [5, 6, 517, 13] {
+            assert_eq!(db(code).retry(), Retry::Later(None), "{code}");
+        }
+        // SQLITE_CORRUPT, SQLITE_NOTADB do not.
+        for code in [11, 26] {
+            assert_eq!(db(code).retry(), Retry::Never, "{code}");
+        }
+        assert_eq!(Error::WitnessKey("k".into()).retry(), Retry::Never);
+        assert_eq!(Error::WitnessKey("k".into()).code(), "witness_key");
+        assert_eq!(Error::Schema("s".into()).retry(), Retry::Never);
+        assert_eq!(Error::Schema("s".into()).code(), "schema_mismatch");
+        assert_eq!(Error::Custom("f".into()).retry(), Retry::Application);
+        assert_eq!(Error::Diverged("d".into()).retry(), Retry::Never);
+        assert_eq!(Error::Snapshot("s".into()).retry(), Retry::Never);
+        assert_eq!(Error::NotOpen.retry(), Retry::Never);
+        assert_eq!(Error::Argument("busy".into()).retry(), Retry::Later(None));
     }
 }

@@ -35,7 +35,7 @@ pub mod value;
 mod varint;
 
 pub use db::{Db, DbError, Stmt};
-pub use error::Error;
+pub use error::{Error, Retry};
 pub use value::{Value, ValueRef};
 
 /// The version reported by `pdb_version()`.

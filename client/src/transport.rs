@@ -31,6 +31,8 @@ pub struct Rejection {
     pub detail: String,
     /// The whole problem document (`seq`/`head` on `stale_base` and `conflict`, ...).
     pub body: serde_json::Value,
+    /// How long the witness asked to wait before trying again (`Retry-After`).
+    pub retry_after: Option<Duration>,
 }
 
 impl Rejection {
@@ -170,6 +172,11 @@ impl Remote {
     ) -> Result<(u16, Result<serde_json::Value, Rejection>), TransportError> {
         let mut resp = result.map_err(|e| TransportError::Unreachable(e.to_string()))?;
         let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
         let bytes = resp
             .body_mut()
             .with_config()
@@ -196,6 +203,7 @@ impl Remote {
                 code,
                 detail: text("detail").unwrap_or_default(),
                 body: json,
+                retry_after,
             }),
         ))
     }
@@ -388,6 +396,19 @@ impl Remote {
     }
 }
 
+/// `Retry-After` as delay-seconds or an HTTP date (a date in the past is no wait).
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
 fn parse_info(j: &serde_json::Value) -> Result<GroupInfo, TransportError> {
     let bad = |k: &str| TransportError::Protocol(format!("group info: field \"{k}\""));
     let h = |k: &str| {
@@ -445,4 +466,24 @@ fn parse_page(j: &serde_json::Value) -> Result<Page, TransportError> {
         head: (seq, hash),
         commits,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date() {
+        assert_eq!(parse_retry_after(" 120 "), Some(Duration::from_secs(120)));
+        let soon = std::time::SystemTime::now() + Duration::from_secs(60);
+        let d = parse_retry_after(&httpdate::fmt_http_date(soon)).unwrap();
+        assert!(
+            d > Duration::from_secs(55) && d <= Duration::from_secs(60),
+            "{d:?}"
+        );
+        let past = parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT");
+        assert_eq!(past, Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after("-1"), None);
+    }
 }

@@ -295,6 +295,10 @@ fn open(db: &Conn, args: &[ValueRef<'_>]) -> Result<Output, Error> {
     let token = text_arg(args, 2, "token")?;
     let key = text_arg(args, 3, "witness_key")?;
     sync::open(db, url, group, token, key)?;
+    // A worker halted by a refusal (an expired token, say) runs again with the new target.
+    if let Some(options) = sync::worker::halted(&sync::status::db_path(db)?) {
+        start_worker(db, options)?;
+    }
     Ok(Output::Text(group.to_string()))
 }
 
@@ -304,6 +308,14 @@ fn sync_start(db: &Conn, args: &[ValueRef<'_>]) -> Result<Output, Error> {
         Some(_) => Some(text_arg(args, 0, "options_json")?),
     };
     let options = sync::worker::Options::from_json(options)?;
+    let started = start_worker(db, options)?;
+    Ok(Output::Text(
+        if started { "started" } else { "running" }.into(),
+    ))
+}
+
+/// Starts the worker of `db`'s file; false when one already runs.
+fn start_worker(db: &Conn, options: sync::worker::Options) -> Result<bool, Error> {
     config::load(db)?;
     if !ffi::threadsafe() {
         return Err(Error::Argument(
@@ -319,10 +331,7 @@ fn sync_start(db: &Conn, args: &[ValueRef<'_>]) -> Result<Output, Error> {
     }
     let path = sync::status::db_path(db)?;
     let p = path.clone();
-    let started = sync::worker::start(&path, options, move || OwnedConn::open(&p))?;
-    Ok(Output::Text(
-        if started { "started" } else { "running" }.into(),
-    ))
+    sync::worker::start(&path, options, move || OwnedConn::open(&p))
 }
 
 /// The state vector of a database file's tables, read on a connection of its own (a

@@ -147,7 +147,7 @@ fn check_group<D: Db>(db: &D, cfg: &Config, remote: &Remote, path: &str) -> Resu
     }
     let info = remote.group_info()?.map_err(Error::Rejected)?;
     if info.witness_key != cfg.witness_key {
-        return Err(Error::Argument(format!(
+        return Err(Error::WitnessKey(format!(
             "the witness at {} signs with key {}, not the pinned {}: refusing to sync",
             cfg.url,
             hex(&info.witness_key),
@@ -554,6 +554,7 @@ pub fn status_json<D: Db>(db: &D) -> Result<String, Error> {
         "last_error": last_error,
         "last_sync_at": last_sync_at,
         "worker": live.worker,
+        "halted": live.halted,
         "progress": live.progress,
     });
     if !capture::has_schema(db)? {

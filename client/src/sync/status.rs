@@ -20,6 +20,8 @@ pub struct Live {
     pub last_sync_at: Option<i64>,
     /// Whether a background worker runs for the database.
     pub worker: bool,
+    /// Why the worker stopped by itself (`{code, error, at}`), until it is started again.
+    pub halted: Option<serde_json::Value>,
     /// The group info was checked against this device (witness key, schema).
     pub checked: bool,
     /// A long pull's or a bootstrap's progress (`{"phase", ...}`), while it runs.

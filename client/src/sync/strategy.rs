@@ -193,7 +193,7 @@ fn custom<D: Db>(
     let mut stmt = db
         .prepare(&format!("SELECT {}(?1, ?2, ?3)", quote(function)))
         .map_err(|e| {
-            Error::Argument(format!(
+            Error::Custom(format!(
                 "table \"{}\" resolves conflicts with custom function {function}(), which this connection cannot call: {e}",
                 info.name
             ))
@@ -209,7 +209,7 @@ fn custom<D: Db>(
         Ok(())
     })
     .map_err(|e| {
-        Error::Argument(format!(
+        Error::Custom(format!(
             "custom function {function}() failed on a conflict in table \"{}\" (key {}); nothing was applied: {e}",
             info.name,
             crate::rows::key_to_json(key)
@@ -220,9 +220,12 @@ fn custom<D: Db>(
         None | Some(Value::Null) => Ok(None),
         Some(Value::Text(t)) => {
             let j: serde_json::Value = serde_json::from_slice(&t)
-                .map_err(|e| Error::Argument(format!("{what} is not JSON: {e}")))?;
-            row_from_json(info, &j, key, local.or(remote), &what)
+                .map_err(|e| Error::Custom(format!("{what} is not JSON: {e}")))?;
+            row_from_json(info, &j, key, local.or(remote), &what).map_err(|e| match e {
+                Error::Argument(m) => Error::Custom(m),
+                e => e,
+            })
         }
-        Some(_) => Err(Error::Argument(format!("{what} must be JSON text or NULL"))),
+        Some(_) => Err(Error::Custom(format!("{what} must be JSON text or NULL"))),
     }
 }

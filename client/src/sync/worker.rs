@@ -6,7 +6,10 @@
 //!   variable until it is woken (a local commit, new remote commits, a stop) or a
 //!   timeout passes: the poll interval when all went well (which catches commits made
 //!   by other processes), a backoff that doubles with jitter while the witness cannot
-//!   be reached or refuses;
+//!   be reached or is busy (or its `Retry-After`). An error no retry can fix
+//!   ([`Retry::Never`]) halts it, its reason in `pdb_status()`, until it is started
+//!   again; one only the application's connection can get past ([`Retry::Application`])
+//!   makes it wait for the applied head to move;
 //! - the **watcher** long-polls the witness for commits after the applied head and
 //!   wakes the worker when some arrive. It holds no database connection; on
 //!   `pdb_sync_stop()` it ends when its current long-poll returns.
@@ -23,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::db::Db;
 use crate::sync::{config, remote, status};
-use crate::Error;
+use crate::{Error, Retry};
 
 /// Settings of a worker (`pdb_sync_start(options_json)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +103,8 @@ struct Signal {
 struct Flags {
     wake: bool,
     stop: bool,
+    /// The worker stopped by itself, on an error no retry fixes.
+    halted: bool,
 }
 
 impl Signal {
@@ -110,6 +115,10 @@ impl Signal {
 
     fn stopped(&self) -> bool {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).stop
+    }
+
+    fn halted(&self) -> bool {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).halted
     }
 
     /// Waits up to `timeout` for a stop, or also for a wake (which it consumes) when
@@ -150,6 +159,7 @@ enum Woke {
 struct Running {
     signal: Arc<Signal>,
     thread: JoinHandle<()>,
+    options: Options,
 }
 
 fn workers() -> &'static Mutex<HashMap<String, Running>> {
@@ -158,7 +168,8 @@ fn workers() -> &'static Mutex<HashMap<String, Running>> {
 }
 
 /// Starts a worker for the database file `path`, whose connection `open` makes on the
-/// worker's thread. Returns false when one already runs for that file.
+/// worker's thread. Returns false when one already runs for that file; a halted one is
+/// replaced.
 pub fn start<C, F>(path: &str, options: Options, open: F) -> Result<bool, Error>
 where
     C: Db,
@@ -172,17 +183,25 @@ where
     }
     let mut all = workers().lock().unwrap_or_else(|e| e.into_inner());
     if let Some(r) = all.get(path) {
-        if !r.thread.is_finished() {
+        if !r.thread.is_finished() && !r.signal.halted() {
             return Ok(false);
         }
     }
+    // A halted worker's thread is on its way out: it must be gone before the new one
+    // reports itself, or its last status update would land after the new one's.
+    if let Some(old) = all.remove(path) {
+        let _ = old.thread.join();
+    }
+    status::update(path, |s| {
+        s.worker = true;
+        s.halted = None;
+    });
     let signal = Arc::new(Signal::default());
     let (sig, p) = (signal.clone(), path.to_string());
     let thread = std::thread::Builder::new()
         .name("pdb-sync".into())
         .spawn(move || {
-            status::update(&p, |s| s.worker = true);
-            let outcome = open().map(|conn| run(&conn, &sig, options));
+            let outcome = open().map(|conn| run(&conn, &sig, options, &p));
             status::update(&p, |s| {
                 s.worker = false;
                 if let Err(e) = outcome {
@@ -191,22 +210,43 @@ where
                 }
             });
         })
-        .map_err(|e| Error::Argument(format!("cannot start the sync worker thread: {e}")))?;
-    all.insert(path.to_string(), Running { signal, thread });
+        .map_err(|e| {
+            status::update(path, |s| s.worker = false);
+            Error::Argument(format!("cannot start the sync worker thread: {e}"))
+        })?;
+    all.insert(
+        path.to_string(),
+        Running {
+            signal,
+            thread,
+            options,
+        },
+    );
     Ok(true)
 }
 
 /// Stops the worker of `path` and waits for it to finish its current sync. Returns
-/// false when none was running.
+/// false when none was running (a halted one is forgotten, its reason cleared).
 pub fn stop(path: &str) -> bool {
     let running = workers()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(path);
     let Some(r) = running else { return false };
+    let halted = r.signal.halted();
     r.signal.set(|f| f.stop = true);
     let _ = r.thread.join();
-    true
+    status::update(path, |s| s.halted = None);
+    !halted
+}
+
+/// The options of the worker of `path` if it halted (so that `pdb_open` with a new
+/// token can start it again as it was).
+pub fn halted(path: &str) -> Option<Options> {
+    let all = workers().lock().unwrap_or_else(|e| e.into_inner());
+    all.get(path)
+        .filter(|r| r.signal.halted())
+        .map(|r| r.options)
 }
 
 /// Wakes the worker of `path`, if any (after a local commit).
@@ -233,23 +273,66 @@ fn jitter() -> f64 {
 /// How long an idle worker sleeps when nothing wakes it: a heartbeat sync.
 const HEARTBEAT: Duration = Duration::from_secs(300);
 
-fn run<C: Db>(conn: &C, signal: &Arc<Signal>, o: Options) {
+/// The longest `Retry-After` obeyed: a witness asking for more still gets a try then.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// The applied seq, read fresh: it moves when another connection synced.
+fn applied_seq<C: Db>(conn: &C) -> Option<u64> {
+    let cfg = config::load(conn).ok()?;
+    config::head(conn, &cfg.group).ok().map(|(seq, _)| seq)
+}
+
+/// Records why the worker of `path` halts, for `pdb_status()`.
+fn record_halt(path: &str, e: &Error) {
+    let why = serde_json::json!({
+        "code": e.code(),
+        "error": e.to_string(),
+        "at": crate::capture::now_ms(),
+    });
+    status::update(path, |s| {
+        s.worker = false;
+        s.halted = Some(why);
+    });
+}
+
+fn run<C: Db>(conn: &C, signal: &Arc<Signal>, o: Options, path: &str) {
     let head = Arc::new(AtomicU64::new(0));
     let mut watcher: Option<JoinHandle<()>> = None;
     let mut backoff = o.min_backoff;
     loop {
         let result = super::sync(conn);
+        // Set while only the application's connection can get past the error: the
+        // applied seq then, which moves when it did.
+        let mut waiting_at = None;
         let delay = match &result {
             Ok(sum) => {
                 head.store(sum.head.0, Ordering::Release);
                 backoff = o.min_backoff;
                 HEARTBEAT
             }
-            Err(_) => {
-                let d = backoff.mul_f64(jitter());
-                backoff = (backoff * 2).min(o.max_backoff);
-                d
-            }
+            Err(e) => match e.retry() {
+                Retry::Never => {
+                    // Flag first: a start that sees it replaces this thread.
+                    signal.set(|f| {
+                        f.halted = true;
+                        f.stop = true;
+                    });
+                    record_halt(path, e);
+                    return;
+                }
+                Retry::Later(after) => {
+                    let d = match after {
+                        Some(after) => after.min(MAX_RETRY_AFTER),
+                        None => backoff.mul_f64(jitter()),
+                    };
+                    backoff = (backoff * 2).min(o.max_backoff);
+                    d
+                }
+                Retry::Application => {
+                    waiting_at = Some(applied_seq(conn));
+                    HEARTBEAT
+                }
+            },
         };
         // The watcher needs the stored target, which may appear only after pdb_open.
         if !watcher.as_ref().is_some_and(|w| !w.is_finished()) {
@@ -264,7 +347,8 @@ fn run<C: Db>(conn: &C, signal: &Arc<Signal>, o: Options) {
         // While failing, only a stop cuts the backoff short: an application committing
         // in a loop must not turn an offline worker into a retry loop. While healthy,
         // a wake ends the sleep, and every `poll` the queue is checked for commits made
-        // by other processes, which cannot wake this thread.
+        // by other processes, which cannot wake this thread. Waiting for the
+        // application, only the applied seq moving (its sync went through) ends it early.
         let healthy = result.is_ok();
         let deadline = Instant::now() + delay;
         loop {
@@ -276,6 +360,7 @@ fn run<C: Db>(conn: &C, signal: &Arc<Signal>, o: Options) {
                 Woke::Stop => return,
                 Woke::Wake => break,
                 Woke::Timeout if healthy && has_unsent(conn) => break,
+                Woke::Timeout if waiting_at.is_some_and(|at| at != applied_seq(conn)) => break,
                 Woke::Timeout => {}
             }
         }
@@ -295,21 +380,29 @@ fn watch(cfg: &config::Config, signal: &Signal, head: &AtomicU64, o: Options) {
     let mut backoff = o.min_backoff;
     while !signal.stopped() {
         let after = head.load(Ordering::Acquire).max(seen);
-        match remote.pull(after, 1, o.wait) {
+        let failed = match remote.pull(after, 1, o.wait) {
             Ok(Ok(page)) => {
                 backoff = o.min_backoff;
                 if !page.commits.is_empty() {
                     seen = page.head.0;
                     signal.set(|f| f.wake = true);
                 }
+                continue;
             }
-            // The worker reports errors; the watcher only waits a little and retries.
-            _ => {
-                if signal.wait(backoff.mul_f64(jitter()), false) == Woke::Stop {
-                    return;
-                }
-                backoff = (backoff * 2).min(o.max_backoff);
-            }
+            Ok(Err(r)) => Error::Rejected(r),
+            Err(e) => Error::Transport(e),
+        };
+        // The worker reports errors; the watcher only waits and retries.
+        let delay = match failed.retry() {
+            // The worker meets the same refusal and halts; if not, its next good sync
+            // starts a new watcher with the stored (maybe new) token.
+            Retry::Never => return,
+            Retry::Later(Some(after)) => after.min(MAX_RETRY_AFTER),
+            Retry::Later(None) | Retry::Application => backoff.mul_f64(jitter()),
+        };
+        if signal.wait(delay, false) == Woke::Stop {
+            return;
         }
+        backoff = (backoff * 2).min(o.max_backoff);
     }
 }
