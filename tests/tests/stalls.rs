@@ -37,6 +37,8 @@ fn short_deadlines() {
 
 fn scratch(name: &str) -> PathBuf {
     short_deadlines();
+    // Built (if need be) before any call is timed.
+    pdb_tests::libpdb();
     let dir = std::env::temp_dir().join(format!("pdb-stalls-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
