@@ -14,6 +14,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
 pub mod device;
+pub mod fake;
 pub mod witness;
 
 /// The workspace root.

@@ -44,6 +44,17 @@ pub enum Error {
     /// Pulled history failed verification; nothing of it was applied.
     #[error("pulled history refused, nothing applied: {0}")]
     Chain(#[from] ChainError),
+    /// The witness answered a push with a certificate that fails verification; the
+    /// commit stays queued, sent again (same key) by the next sync.
+    #[error("the certificate for pushed commit {id} (key \"{key}\") refused: {why}; the commit stays queued")]
+    PushCertificate {
+        /// The local commit's id (`pdb_upload_queue.id`).
+        id: i64,
+        /// Its idempotency key.
+        key: String,
+        /// What is wrong with the certificate.
+        why: String,
+    },
     /// The device's tables do not match what the certified history says they are.
     #[error("{0}")]
     Diverged(String),
@@ -135,6 +146,7 @@ impl Error {
             | Error::Conflict(_)
             | Error::NotOpen
             | Error::Chain(_)
+            | Error::PushCertificate { .. }
             | Error::Diverged(_)
             | Error::Snapshot(_)
             | Error::WitnessKey(_) => Retry::Never,
@@ -156,6 +168,7 @@ impl Error {
             Error::Conflict(_) => "apply_conflict",
             Error::NotOpen => "not_open",
             Error::Chain(_) => "unverified_history",
+            Error::PushCertificate { .. } => "unverified_certificate",
             Error::Diverged(_) => "diverged",
             Error::Snapshot(_) => "snapshot_refused",
             Error::WitnessKey(_) => "witness_key",

@@ -111,12 +111,115 @@ pub struct Download {
     pub body: Box<dyn std::io::Read + Send>,
 }
 
+/// How long a device waits for the witness: no answer, however slow or absent, keeps
+/// the host waiting for ever (DESIGN §7.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// The whole of an ordinary request, its answer read (`PDB_REQUEST_TIMEOUT_MS`).
+    /// A long-poll gets its wait on top.
+    pub request: Duration,
+    /// The longest silence while an object downloads (`PDB_IDLE_TIMEOUT_MS`): a slow
+    /// download that keeps moving is never cut, however long it takes.
+    pub idle: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Deadlines {
+        Deadlines {
+            request: Duration::from_secs(30),
+            idle: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Deadlines {
+    /// The defaults (30 s each), or what `PDB_REQUEST_TIMEOUT_MS` and
+    /// `PDB_IDLE_TIMEOUT_MS` say (milliseconds, more than 0).
+    pub fn from_env() -> Result<Deadlines, TransportError> {
+        Deadlines::from_vars(|name| std::env::var_os(name))
+    }
+
+    /// [`Deadlines::from_env`] with the variables read by `var`.
+    fn from_vars(
+        var: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Deadlines, TransportError> {
+        let read = |name: &str, default: Duration| match var(name) {
+            None => Ok(default),
+            Some(v) => match v.to_str().and_then(|v| v.trim().parse::<u64>().ok()) {
+                Some(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+                // A typo must not leave the host with no deadline, or a silent default.
+                _ => Err(TransportError::Protocol(format!(
+                    "{name} \"{}\" is not a number of milliseconds above 0",
+                    v.to_string_lossy()
+                ))),
+            },
+        };
+        let d = Deadlines::default();
+        Ok(Deadlines {
+            request: read("PDB_REQUEST_TIMEOUT_MS", d.request)?,
+            idle: read("PDB_IDLE_TIMEOUT_MS", d.idle)?,
+        })
+    }
+
+    /// Setting up a connection: never longer than a whole request may take.
+    fn connect(&self) -> Duration {
+        self.request.min(Duration::from_secs(10))
+    }
+
+    /// Why a request timed out, in words naming the limit and how to change it.
+    fn timed_out(&self, t: ureq::Timeout, total: Duration) -> String {
+        match t {
+            ureq::Timeout::Resolve | ureq::Timeout::Connect => format!(
+                "timed out: no connection within {:?} (PDB_REQUEST_TIMEOUT_MS bounds it)",
+                self.connect()
+            ),
+            ureq::Timeout::PerRead => format!(
+                "timed out: nothing received for {:?} (PDB_IDLE_TIMEOUT_MS)",
+                self.idle
+            ),
+            _ => format!("timed out: no complete answer within {total:?} (PDB_REQUEST_TIMEOUT_MS)"),
+        }
+    }
+
+    /// A failed request as a transport error; `total` is the deadline it had.
+    fn no_answer(&self, e: ureq::Error, total: Duration) -> TransportError {
+        TransportError::Unreachable(match e {
+            ureq::Error::Timeout(t) => self.timed_out(t, total),
+            e => e.to_string(),
+        })
+    }
+}
+
 /// A witness and a group, as one device talks to them.
 pub struct Remote {
     agent: ureq::Agent,
+    deadlines: Deadlines,
     base: String,
     group: String,
     token: String,
+}
+
+/// An object's body, its read errors in words: a stalled read says it timed out.
+struct Body {
+    reader: ureq::BodyReader<'static>,
+    deadlines: Deadlines,
+}
+
+impl std::io::Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.reader.read(buf).map_err(|e| {
+            match e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+            {
+                Some(ureq::Error::Timeout(t)) => std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    self.deadlines.timed_out(*t, self.deadlines.request),
+                ),
+                _ => e,
+            }
+        })
+    }
 }
 
 /// Largest answer read (a pull page is about 4 MiB of changesets, base64 in JSON).
@@ -127,11 +230,13 @@ impl Remote {
     ///
     /// https trusts Mozilla's root certificates, or only the PEM certificates in the
     /// file named by `PDB_CA_FILE` when that is set (a witness behind a private CA).
+    /// Every request has a deadline ([`Deadlines::from_env`]).
     pub fn new(url: &str, group: &str, token: &str) -> Result<Remote, TransportError> {
+        let deadlines = Deadlines::from_env()?;
         let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(10)))
-            .timeout_global(Some(Duration::from_secs(120)));
+            .timeout_connect(Some(deadlines.connect()))
+            .timeout_global(Some(deadlines.request));
         if let Some(file) = std::env::var_os("PDB_CA_FILE") {
             let bad = |why: String| {
                 TransportError::Protocol(format!("PDB_CA_FILE {}: {why}", file.to_string_lossy()))
@@ -156,6 +261,7 @@ impl Remote {
         }
         Ok(Remote {
             agent: config.build().into(),
+            deadlines,
             base: url.trim_end_matches('/').to_string(),
             group: group.to_string(),
             token: token.to_string(),
@@ -167,10 +273,13 @@ impl Remote {
     }
 
     /// Reads an answer: `Ok(Ok(json))` on 2xx, `Ok(Err(rejection))` on a problem.
+    /// `total` is the request's deadline, for the message when it passes.
     fn answer(
+        &self,
         result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        total: Duration,
     ) -> Result<(u16, Result<serde_json::Value, Rejection>), TransportError> {
-        let mut resp = result.map_err(|e| TransportError::Unreachable(e.to_string()))?;
+        let mut resp = result.map_err(|e| self.deadlines.no_answer(e, total))?;
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
@@ -182,7 +291,7 @@ impl Remote {
             .with_config()
             .limit(MAX_ANSWER)
             .read_to_vec()
-            .map_err(|e| TransportError::Unreachable(e.to_string()))?;
+            .map_err(|e| self.deadlines.no_answer(e, total))?;
         let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
             TransportError::Protocol(format!(
                 "status {status}, body is not JSON: {}",
@@ -212,11 +321,12 @@ impl Remote {
         &self,
         url: &str,
     ) -> Result<(u16, Result<serde_json::Value, Rejection>), TransportError> {
-        Self::answer(
+        self.answer(
             self.agent
                 .get(url)
                 .header("Authorization", &format!("Bearer {}", self.token))
                 .call(),
+            self.deadlines.request,
         )
     }
 
@@ -252,7 +362,7 @@ impl Remote {
         if s.fast_forward {
             req = req.header("Pdb-Policy", "fast-forward");
         }
-        let (_, answer) = Self::answer(req.send(s.changeset))?;
+        let (_, answer) = self.answer(req.send(s.changeset), self.deadlines.request)?;
         match answer {
             Ok(json) => {
                 let cert = Certificate::from_json(&json)
@@ -271,12 +381,13 @@ impl Remote {
         &self,
         key: &str,
     ) -> Result<Result<Option<Certificate>, Rejection>, TransportError> {
-        let (status, answer) = Self::answer(
+        let (status, answer) = self.answer(
             self.agent
                 .get(&self.url("/certificates"))
                 .query("key", key)
                 .header("Authorization", &format!("Bearer {}", self.token))
                 .call(),
+            self.deadlines.request,
         )?;
         match answer {
             Ok(json) => Certificate::from_json(&json)
@@ -297,12 +408,23 @@ impl Remote {
     ) -> Result<Result<Page, Rejection>, TransportError> {
         // Whole seconds, rounded up: a wait under a second must not become `wait=0`,
         // which would turn a long-poll loop into a busy one.
-        let secs = wait.as_millis().div_ceil(1000);
+        let secs = wait.as_millis().div_ceil(1000) as u64;
         let url = format!(
             "{}?after={after}&limit={limit}&wait={secs}",
             self.url("/commits")
         );
-        let (_, answer) = self.get(&url)?;
+        // The witness may hold a long-poll for the whole wait before it answers.
+        let total = self.deadlines.request + Duration::from_secs(secs);
+        let (_, answer) = self.answer(
+            self.agent
+                .get(&url)
+                .header("Authorization", &format!("Bearer {}", self.token))
+                .config()
+                .timeout_global(Some(total))
+                .build()
+                .call(),
+            total,
+        )?;
         match answer {
             Ok(json) => parse_page(&json).map(Ok),
             Err(r) => Ok(Err(r)),
@@ -351,15 +473,18 @@ impl Remote {
         if from > 0 {
             req = req.header("Range", &format!("bytes={from}-"));
         }
-        // An object may be large: no overall deadline (an interrupted download
-        // resumes where it stopped), but a connection must be made and answered.
+        // An object may be large and the link slow: no overall deadline (an
+        // interrupted download resumes where it stopped), but the answer must start
+        // within a request's deadline, and the body keep moving.
         let resp = req
             .config()
             .timeout_global(None)
+            .timeout_recv_response(Some(self.deadlines.request))
             .timeout_recv_body(None)
+            .timeout_per_read(Some(self.deadlines.idle))
             .build()
             .call()
-            .map_err(|e| TransportError::Unreachable(e.to_string()))?;
+            .map_err(|e| self.deadlines.no_answer(e, self.deadlines.request))?;
         let status = resp.status().as_u16();
         let start = match status {
             200 => 0,
@@ -381,7 +506,7 @@ impl Remote {
                 from
             }
             _ => {
-                return match Self::answer(Ok(resp))?.1 {
+                return match self.answer(Ok(resp), self.deadlines.request)?.1 {
                     Err(r) => Ok(Err(r)),
                     Ok(_) => Err(TransportError::Protocol(format!(
                         "status {status} for object {object}"
@@ -391,7 +516,10 @@ impl Remote {
         };
         Ok(Ok(Download {
             start,
-            body: Box::new(resp.into_body().into_reader()),
+            body: Box::new(Body {
+                reader: resp.into_body().into_reader(),
+                deadlines: self.deadlines,
+            }),
         }))
     }
 }
@@ -485,5 +613,40 @@ mod tests {
         assert_eq!(past, Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon"), None);
         assert_eq!(parse_retry_after("-1"), None);
+    }
+
+    fn from(vars: &[(&str, &str)]) -> Result<Deadlines, TransportError> {
+        Deadlines::from_vars(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).into())
+        })
+    }
+
+    #[test]
+    fn deadlines_default_to_30_s_and_read_milliseconds() {
+        assert_eq!(from(&[]).unwrap(), Deadlines::default());
+        assert_eq!(Deadlines::default().request, Duration::from_secs(30));
+        assert_eq!(Deadlines::default().idle, Duration::from_secs(30));
+        let d = from(&[
+            ("PDB_REQUEST_TIMEOUT_MS", "1500"),
+            ("PDB_IDLE_TIMEOUT_MS", " 250 "),
+        ])
+        .unwrap();
+        assert_eq!(d.request, Duration::from_millis(1500));
+        assert_eq!(d.idle, Duration::from_millis(250));
+        assert_eq!(d.connect(), Duration::from_millis(1500));
+        assert_eq!(Deadlines::default().connect(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_deadline_that_is_not_a_positive_number_is_refused() {
+        for bad in ["0", "-5", "30s", ""] {
+            let err = from(&[("PDB_IDLE_TIMEOUT_MS", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("PDB_IDLE_TIMEOUT_MS"), "{bad}: {err}");
+            assert!(err.contains("milliseconds above 0"), "{bad}: {err}");
+        }
     }
 }

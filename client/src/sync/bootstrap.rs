@@ -177,9 +177,16 @@ fn download(remote: &Remote, m: &Manifest, file: &Path, db_path: &str) -> Result
     let mut last_error = None;
     while have < m.size && attempts < ATTEMPTS {
         attempts += 1;
-        let d = match remote.download(&m.object_path(), have)? {
-            Ok(d) => d,
-            Err(r) => return Err(Error::Rejected(r)),
+        let d = match remote.download(&m.object_path(), have) {
+            Ok(Ok(d)) => d,
+            Ok(Err(r)) => return Err(Error::Rejected(r)),
+            // No answer (a stalled witness among them): the bytes so far are kept,
+            // and the error below says where the next try resumes.
+            Err(TransportError::Unreachable(why)) => {
+                last_error = Some(why);
+                break;
+            }
+            Err(e) => return Err(e.into()),
         };
         if d.start == 0 && have > 0 {
             // The witness sent the whole object instead of the rest.

@@ -25,7 +25,7 @@ use crate::capture;
 use crate::cert::{genesis, hex, next_head, parse_hash, Certificate, Hash};
 use crate::db::{Db, Stmt};
 use crate::schema::schema_hash;
-use crate::transport::{Remote, Submission};
+use crate::transport::{Remote, Submission, TransportError};
 use crate::value::{Value, ValueRef};
 use crate::Error;
 use config::Config;
@@ -277,14 +277,25 @@ pub fn push<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<Pushed, Erro
         })?;
         match answer {
             Ok((cert, _duplicate)) => {
+                let refused = |why: String| Error::PushCertificate {
+                    id: c.id,
+                    key: c.key.clone(),
+                    why,
+                };
                 if cert.group != cfg.group {
-                    return Err(Error::Diverged(format!(
-                        "the witness certified local commit {} for group \"{}\", not \"{}\"",
-                        c.id, cert.group, cfg.group
+                    return Err(refused(format!(
+                        "it is for group \"{}\", not \"{}\"",
+                        cert.group, cfg.group
+                    )));
+                }
+                if cert.idempotency_key != c.key {
+                    return Err(refused(format!(
+                        "it is of key \"{}\"",
+                        cert.idempotency_key
                     )));
                 }
                 cert.verify_signature(&cfg.witness_key)
-                    .map_err(|e| Error::Chain(e.into()))?;
+                    .map_err(|e| refused(e.to_string()))?;
                 db.execute(
                     "UPDATE pdb_upload_queue SET pushed_seq = ?2 WHERE id = ?1",
                     &[ValueRef::Integer(c.id), ValueRef::Integer(cert.seq as i64)],
@@ -396,6 +407,14 @@ fn pull_pages<D: Db>(db: &D, cfg: &Config, remote: &Remote, path: &str) -> Resul
             Err(r) => return Err(Error::Rejected(r)),
         };
         if page.commits.is_empty() {
+            if page.head.0 > seq {
+                // Accepting it would leave this device behind for good, believing
+                // itself up to date.
+                return Err(Error::Transport(TransportError::Protocol(format!(
+                    "the pull page after seq {seq} holds no commit, but its head claims seq {}",
+                    page.head.0
+                ))));
+            }
             break;
         }
         let r = rebase::integrate(db, cfg, &page.commits, None)?;
