@@ -9,6 +9,7 @@
 //! - [`queue`]: `pdb_commit` and the upload queue.
 //! - [`apply`]: applying a changeset with `sqlite3changeset_apply` semantics.
 //! - [`schema`]: table introspection and the schema hash.
+//! - [`group_ddl`]: the group's DDL from the witness, checked before a device runs it.
 //! - [`cert`], [`state`]: heads, certificates and the state digest (DESIGN §4).
 //! - [`history`]: checking pulled certificates as a chain, and the local state digest.
 //! - [`transport`]: the witness's HTTP API from a device's side.
@@ -23,6 +24,7 @@ pub mod cert;
 pub mod changeset;
 pub mod db;
 mod error;
+pub mod group_ddl;
 pub mod history;
 pub mod queue;
 pub mod rows;

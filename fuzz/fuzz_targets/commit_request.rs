@@ -26,7 +26,7 @@ use pdb_witness::problem::Code;
 use pdb_witness::replica::{Refusal, Replica};
 use pdb_witness::request::commit_headers;
 
-/// The replica's tables and rows (the DDL a group is created with may hold rows).
+/// The replica's tables and rows.
 const BASE_SQL: &str = include_str!("../apply/base.sql");
 
 /// The headers, in the order of the input's lines.
@@ -52,8 +52,18 @@ impl Target {
             std::env::temp_dir().join(format!("pdb-fuzz-commit-request-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create the replica's directory");
-        let replica =
-            Replica::create(&dir.join("g.db"), BASE_SQL, genesis("g")).expect("create replica");
+        // A group's DDL holds only CREATE statements (the schema guard refuses rows),
+        // so the base rows go in through a connection of their own.
+        let (rows, ddl): (Vec<&str>, Vec<&str>) =
+            BASE_SQL.lines().partition(|l| l.starts_with("INSERT"));
+        let path = dir.join("g.db");
+        drop(Replica::create(&path, &ddl.join("\n"), genesis("g")).expect("create replica"));
+        rusqlite::Connection::open(&path)
+            .and_then(|c| c.execute_batch(&rows.join("\n")))
+            .expect("insert the base rows");
+        let replica = Replica::open(&path)
+            .expect("open the replica")
+            .expect("a finished replica");
         let base = replica.full_state().expect("state of the base");
         Target { replica, base, dir }
     }

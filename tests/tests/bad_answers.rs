@@ -127,3 +127,42 @@ fn a_push_answered_with_a_bad_certificate_names_the_pushed_commit() {
         );
     }
 }
+
+#[test]
+fn a_group_ddl_that_is_not_a_schema_runs_nothing_on_the_device() {
+    let dir = scratch("hostile-ddl");
+    let fake = Fake::start();
+    let g = Group::new(&dir, &HISTORY);
+    fake.publish(&g);
+    let outside = dir.join("outside.db");
+    // No snapshot, no table: the device would take the tables from the DDL the witness
+    // reports, which here also attaches a file and plants a trigger.
+    let hostile = format!(
+        "{DDL} ATTACH DATABASE '{}' AS e; CREATE TABLE e.t(x);",
+        outside.display()
+    );
+    let trigger =
+        format!("{DDL} CREATE TEMP TRIGGER t AFTER INSERT ON notes BEGIN DELETE FROM notes; END;");
+    for ddl in [hostile, trigger] {
+        fake.set(|s| {
+            s.manifest = None;
+            s.info["ddl"] = Json::String(ddl.clone());
+        });
+        let d = bare(&fake, &dir, &format!("d{}", ddl.len()));
+        let err = d.try_json("SELECT pdb_sync()").unwrap_err();
+        assert!(
+            err.contains("the group's DDL from the witness is refused: statement 3 ("),
+            "{err}"
+        );
+        assert_eq!(
+            d.value("SELECT count(*) FROM sqlite_schema WHERE name = 'notes'"),
+            Value::Integer(0),
+            "no statement of a refused DDL runs"
+        );
+        assert_eq!(
+            d.value("SELECT count(*) FROM temp.sqlite_schema"),
+            Value::Integer(0)
+        );
+        assert!(!outside.exists(), "no file was attached");
+    }
+}

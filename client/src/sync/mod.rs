@@ -355,7 +355,7 @@ fn create_group_tables<D: Db>(db: &D, remote: &Remote) -> Result<(), Error> {
     let info = remote.group_info()?.map_err(Error::Rejected)?;
     crate::db::transaction(db, "pdb_pull", || {
         capture::ensure_schema(db)?;
-        db.execute_batch(&info.ddl)?;
+        crate::group_ddl::run(db, &info.ddl)?;
         let mut names = Vec::new();
         let mut stmt = db.prepare(
             "SELECT name FROM main.sqlite_schema WHERE type = 'table' \
