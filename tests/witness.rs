@@ -85,6 +85,11 @@ impl WitnessProc {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the process with SIGKILL (no chance to clean up) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

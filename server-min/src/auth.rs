@@ -105,8 +105,15 @@ impl Auth {
         Auth::with(DecodingKey::from_ed_der(public_key), Algorithm::EdDSA)
     }
 
+    /// Accepts tokens up to `seconds` past their `exp` (5 unless set).
+    pub fn with_leeway(mut self, seconds: u64) -> Auth {
+        self.validation.leeway = seconds;
+        self
+    }
+
     fn with(decoding: DecodingKey, alg: Algorithm) -> Auth {
         let mut validation = Validation::new(alg);
+        // A few seconds of clock skew between the token's issuer and the witness.
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Auth {
@@ -229,6 +236,29 @@ mod tests {
             .check(Some(&format!("Bearer {expired}")), "g", Role::Read)
             .unwrap_err();
         assert_eq!(e.detail, "the token has expired");
+    }
+
+    #[test]
+    fn the_leeway_is_how_long_past_exp_a_token_is_accepted() {
+        let secret = SigningSecret::Hs256(b"s3cret".to_vec());
+        let now = crate::now_ms() as u64 / 1000;
+        let ago = |s: u64| {
+            let t = secret
+                .issue(&claims(&[("g", Role::Read)], now - s))
+                .unwrap();
+            format!("Bearer {t}")
+        };
+        let strict = Auth::hs256(b"s3cret").with_leeway(0);
+        assert_eq!(
+            strict
+                .check(Some(&ago(1)), "g", Role::Read)
+                .unwrap_err()
+                .code,
+            Code::Unauthorized
+        );
+        let lenient = Auth::hs256(b"s3cret").with_leeway(30);
+        assert!(lenient.check(Some(&ago(10)), "g", Role::Read).is_ok());
+        assert!(lenient.check(Some(&ago(60)), "g", Role::Read).is_err());
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -40,6 +40,8 @@ const MAX_LIMIT: usize = 1000;
 const PAGE_BYTES: usize = 4 << 20;
 /// Longest long-poll.
 const MAX_WAIT: u64 = 60;
+/// The pull route, whose `wait` makes it a long-poll.
+const COMMITS: &str = "/v1/groups/{g}/commits";
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
@@ -61,7 +63,7 @@ impl IntoResponse for Problem {
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/groups/{g}", put(put_group).get(get_group))
-        .route("/v1/groups/{g}/commits", get(get_commits).post(post_commit))
+        .route(COMMITS, get(get_commits).post(post_commit))
         .route("/v1/groups/{g}/certificates", get(get_certificate))
         .route("/v1/groups/{g}/watch", get(watch))
         .route(
@@ -280,6 +282,25 @@ fn number(name: &str, v: Option<&str>, default: u64) -> Result<u64, Problem> {
             )
         }),
     }
+}
+
+/// How long `req` may wait for commits before its answer starts: a pull's `wait`, capped
+/// as `get_commits` caps it; zero for any other request (and for a `wait` that
+/// `get_commits` refuses at once).
+pub(crate) fn long_poll_wait(req: &Request) -> Duration {
+    let pull = req.method() == Method::GET
+        && req
+            .extensions()
+            .get::<MatchedPath>()
+            .is_some_and(|p| p.as_str() == COMMITS);
+    if !pull {
+        return Duration::ZERO;
+    }
+    let wait = Query::<PullQuery>::try_from_uri(req.uri())
+        .ok()
+        .and_then(|Query(q)| number("wait", q.wait.as_deref(), 0).ok())
+        .unwrap_or(0);
+    Duration::from_secs(wait.min(MAX_WAIT))
 }
 
 async fn read_commits(

@@ -7,6 +7,7 @@
 //! - [`snapshot`]: database images at a head, the object store, retention.
 //! - [`store`]: the durable history (`witness.db`) and its group-commit writer.
 //! - [`http`], [`request`], [`auth`], [`problem`]: the HTTP API over the core.
+//! - [`limits`]: connections, idle and request time a client may hold.
 //! - [`keys`], [`backup`], [`metrics`]: operations.
 
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod backup;
 pub mod group;
 pub mod http;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod problem;
 pub mod replica;

@@ -11,6 +11,7 @@ use pdb_client::cert::{hex, parse_hex};
 use pdb_witness::auth::{Auth, Claims, Role, SigningSecret};
 use pdb_witness::http::{router, App};
 use pdb_witness::keys;
+use pdb_witness::limits::{self, Limits};
 use pdb_witness::metrics::Metrics;
 use pdb_witness::witness::Witness;
 
@@ -76,9 +77,24 @@ struct Serve {
     /// Accept EdDSA tokens signed by this Ed25519 public key (64 hex digits) instead.
     #[arg(long, env = "PDB_JWT_ED25519_PUBLIC_KEY")]
     jwt_ed25519_public_key: Option<String>,
+    /// Accept a token this many seconds past its `exp` (clock skew with the issuer).
+    #[arg(long, env = "PDB_JWT_LEEWAY", default_value_t = 5)]
+    jwt_leeway: u64,
     /// Largest request body in bytes.
     #[arg(long, env = "PDB_MAX_BODY", default_value_t = 16 << 20)]
     max_body: usize,
+    /// Connections served at once; further ones wait until one closes.
+    #[arg(long, env = "PDB_MAX_CONNECTIONS", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Close a connection after this many seconds without a request in flight (silent,
+    /// sending a header too slowly, or kept alive); 0: never.
+    #[arg(long, env = "PDB_IDLE_TIMEOUT", default_value_t = 30)]
+    idle_timeout: u64,
+    /// Answer 503 to a request not done in this many seconds (a long-poll gets its
+    /// `wait` on top; watch streams and downloads, once started, are not cut); 0: never.
+    #[arg(long, env = "PDB_REQUEST_TIMEOUT", default_value_t = 60)]
+    request_timeout: u64,
     /// Write logs (stderr) as JSON lines instead of text.
     #[arg(long, env = "PDB_LOG_JSON")]
     log_json: bool,
@@ -199,11 +215,18 @@ fn serve(s: Serve) -> anyhow::Result<()> {
         let secret = keys::load_or_create(&s.data.join(keys::JWT_SECRET))?.to_vec();
         (Auth::hs256(&secret), Some(secret))
     };
+    let auth = auth.with_leeway(s.jwt_leeway);
+    let seconds = |n: u64| (n > 0).then(|| std::time::Duration::from_secs(n));
+    let limits = Limits {
+        max_connections: s.max_connections as usize,
+        idle_timeout: seconds(s.idle_timeout),
+        request_timeout: seconds(s.request_timeout),
+    };
     let metrics = Arc::new(Metrics::default());
     let witness = Arc::new(
         Witness::open_with(
             &s.data,
-            metrics,
+            metrics.clone(),
             pdb_witness::snapshot::Policy {
                 every_commits: s.snapshot_commits,
                 every_bytes: s.snapshot_bytes,
@@ -247,9 +270,7 @@ fn serve(s: Serve) -> anyhow::Result<()> {
             max_body: s.max_body,
         });
         let witness = app.witness.clone();
-        axum::serve(listener, router(app))
-            .with_graceful_shutdown(stop)
-            .await?;
+        limits::serve(listener, router(app), limits, metrics, stop).await;
         tokio::task::spawn_blocking(move || witness.flush()).await?;
         tracing::info!("pdb-witness stopped");
         Ok(())

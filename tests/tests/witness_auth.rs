@@ -1163,3 +1163,38 @@ fn ed25519_mode_accepts_eddsa_tokens_by_role_and_refuses_everything_else() {
     check(&r, UNAUTH, "expired EdDSA token");
     assert_eq!(r.json()["detail"], "the token has expired");
 }
+
+#[test]
+fn the_jwt_leeway_is_how_long_past_exp_a_token_still_works() {
+    // A token expired `ago` seconds ago, with read on alpha, signed by `w`'s secret.
+    let expired = |w: &WitnessProc, ago: u64| {
+        let secret = std::fs::read_to_string(w.data.join("jwt.secret")).expect("jwt.secret");
+        let secret = parse_hash(secret.trim()).expect("jwt.secret is 64 hex digits");
+        hs256_jwt(
+            &hs256_header(),
+            &json!({"sub": "late", "exp": now_s() - ago, "groups": {(ALPHA.name): "read"}}),
+            &secret,
+        )
+    };
+    let get = get_req(&format!("/v1/groups/{}", ALPHA.name));
+
+    let strict = Scratch::new("leeway-0");
+    let fx = Fixture::start(&strict, &["--jwt-leeway", "0"], None);
+    let r = fx.send(&get, Some(&expired(&fx.w, 1)));
+    check(&r, UNAUTH, "a second past exp, no leeway");
+    assert_eq!(r.json()["detail"], "the token has expired");
+
+    // The environment variable sets it too.
+    let lenient = Scratch::new("leeway-30");
+    let w = WitnessProc::start_with(&lenient.0.join("data"), &[], &[("PDB_JWT_LEEWAY", "30")]);
+    let admin = Client::new(&w.url, w.admin.as_deref());
+    assert_eq!(admin.create_group(ALPHA.name, ALPHA.ddl).status, 201);
+    let http = http();
+    let send = |token: &str| send(&http, &w.url, &get, Some(&Fixture::bearer(token)));
+    check(&send(&expired(&w, 10)), OK, "10 s past exp, 30 s leeway");
+    check(
+        &send(&expired(&w, 60)),
+        UNAUTH,
+        "60 s past exp, 30 s leeway",
+    );
+}
