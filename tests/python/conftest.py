@@ -79,17 +79,19 @@ def connect(lib_path, tmp_path):
 # ---- a real witness ------------------------------------------------------------------------
 
 class Witness:
-    """A running `pdb-witness serve` on a free loopback port, with its own data directory."""
+    """A running `pdb-witness serve` on a free loopback port, with its own data directory.
+    `argv` (run in `cwd`) replaces the plain binary, e.g. README's `cargo run` command; it
+    must end up serving `data` and print the same lines."""
 
-    def __init__(self, binary: Path, data: Path):
+    def __init__(self, binary: Path, data: Path, argv=None, cwd=None):
         self.binary = binary
         self.data = data
         self.log = data.parent / (data.name + ".stderr")
         self._log_file = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [str(binary), "serve", "--listen", "127.0.0.1:0", "--data", str(data)],
+            argv or [str(binary), "serve", "--listen", "127.0.0.1:0", "--data", str(data)],
             stdout=subprocess.PIPE, stderr=self._log_file, stdin=subprocess.DEVNULL,
-            env=dict(os.environ, PDB_LOG="warn"), text=True)
+            env=dict(os.environ, PDB_LOG="warn"), text=True, cwd=cwd)
         lines = queue.Queue()
 
         def drain():  # keeps reading stdout, so the witness never blocks on a full pipe
