@@ -30,8 +30,7 @@ cargo run -q --manifest-path tests/hosts/sqlite-3.37/Cargo.toml
 echo "== fuzz (brief)"
 bash scripts/fuzz-quick.sh "${PDB_FUZZ_SECONDS:-20}"
 
-# Last, and in this order: the benchmarks' README commands build `-p pdb -p pdb-witness`
-# together, which relinks libpdb once; the demo's identical build then has nothing to do.
+# Last: the release benchmarks' first build is the slowest step here (minutes, once).
 echo "== README's benchmark commands, tiny settings (every bench builds, runs, prints its ratios)"
 bash scripts/bench.sh --quick
 

@@ -62,10 +62,10 @@ COMMANDS = [
      QUICK_BENCH, "witness"),
     (f"cargo build --release -p {PDB} && cargo run --release -p {BENCH} --bin apply",
      QUICK_BENCH, "apply"),
-    (f"cargo build --release -p {PDB} -p {WITNESS} && cargo run --release -p {BENCH} --bin sync",
-     QUICK_BENCH, "sync"),
-    (f"cargo build --release -p {PDB} -p {WITNESS} && cargo run --release -p {BENCH} "
-     "--bin snapshot", QUICK_BENCH, "snapshot"),
+    (f"cargo build --release -p {PDB} && cargo build --release -p {WITNESS} && "
+     f"cargo run --release -p {BENCH} --bin sync", QUICK_BENCH, "sync"),
+    (f"cargo build --release -p {PDB} && cargo build --release -p {WITNESS} && "
+     f"cargo run --release -p {BENCH} --bin snapshot", QUICK_BENCH, "snapshot"),
 ]
 
 
