@@ -32,15 +32,42 @@ pub fn release_artifact(package: &'static str, file: &str) -> PathBuf {
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if !built.contains(&package) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let mut build = Command::new(cargo);
+        build
             .args(["build", "--release", "-p", package])
-            .current_dir(root())
-            .status()
-            .expect("run cargo build");
+            .current_dir(root());
+        // What cargo set for this test binary must not reach the build: `ring`'s build
+        // script reruns when CARGO_PKG_NAME, CARGO_MANIFEST_DIR, OUT_DIR, … differ, so
+        // the release tree would be rebuilt here and again by every plain `cargo build
+        // --release` after it (README's commands, the host tests), minutes each time.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if crate_env_var(&name) {
+                build.env_remove(&*name);
+            }
+        }
+        let status = build.status().expect("run cargo build");
         assert!(status.success(), "building {package} failed");
         built.push(package);
     }
     root().join("target/release").join(file)
+}
+
+/// Whether `name` is one of the variables cargo sets for the crate it runs (not the
+/// user's own cargo settings such as CARGO_HOME or CARGO_TARGET_DIR).
+fn crate_env_var(name: &str) -> bool {
+    const EXACT: [&str; 9] = [
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    EXACT.contains(&name) || name.starts_with("CARGO_PKG_") || name.starts_with("CARGO_BIN_EXE_")
 }
 
 /// Path of the release `libpdb`.

@@ -423,6 +423,9 @@ fn resolve(db: &Conn, args: &[ValueRef<'_>]) -> Result<Output, Error> {
 pub struct RowsCursor {
     rows: Vec<ChangeJson>,
     i: usize,
+    /// The argument, read back through the hidden `changeset` column: SQLite checks any
+    /// further `changeset = ?` constraint against it, as for its own table-valued functions.
+    changeset: Option<Vec<u8>>,
 }
 
 impl RowsCursor {
@@ -430,6 +433,7 @@ impl RowsCursor {
     pub fn filter(&mut self, arg: Option<ValueRef<'_>>) -> Result<(), Error> {
         self.i = 0;
         self.rows.clear();
+        self.changeset = None;
         let blob = match arg {
             None => {
                 return Err(Error::Argument(
@@ -444,6 +448,7 @@ impl RowsCursor {
             self.rows
                 .extend(changes.iter().map(|c| changeset::change_to_json(&table, c)));
         }
+        self.changeset = Some(blob.to_vec());
         Ok(())
     }
 
@@ -474,6 +479,7 @@ impl RowsCursor {
             3 => Output::Text(row.pk.clone()),
             4 => row.old.clone().map_or(Output::Null, Output::Text),
             5 => row.new.clone().map_or(Output::Null, Output::Text),
+            6 => self.changeset.clone().map_or(Output::Null, Output::Blob),
             _ => Output::Null,
         }
     }

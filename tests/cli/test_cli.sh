@@ -2,7 +2,7 @@
 # Host test: the real, built libpdb loaded into Debian's sqlite3 command-line shell (3.40),
 # with what it captures compared byte for byte against the shell's own session extension.
 #
-#   cargo build --release -p pdb -p pdb-witness && bash tests/cli/test_cli.sh
+#   cargo build --release -p pdb && cargo build --release -p pdb-witness && bash tests/cli/test_cli.sh
 #
 # Prints one line per check and "N passed, N failed" at the end; exits non-zero on any
 # failure. SQLITE3=/path/to/sqlite3 picks another shell; section 6 (sync) starts the

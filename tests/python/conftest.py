@@ -79,17 +79,19 @@ def connect(lib_path, tmp_path):
 # ---- a real witness ------------------------------------------------------------------------
 
 class Witness:
-    """A running `pdb-witness serve` on a free loopback port, with its own data directory."""
+    """A running `pdb-witness serve` on a free loopback port, with its own data directory.
+    `argv` (run in `cwd`) replaces the plain binary, e.g. README's `cargo run` command; it
+    must end up serving `data` and print the same lines within `start_timeout` seconds."""
 
-    def __init__(self, binary: Path, data: Path):
+    def __init__(self, binary: Path, data: Path, argv=None, cwd=None, start_timeout=30):
         self.binary = binary
         self.data = data
         self.log = data.parent / (data.name + ".stderr")
         self._log_file = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [str(binary), "serve", "--listen", "127.0.0.1:0", "--data", str(data)],
+            argv or [str(binary), "serve", "--listen", "127.0.0.1:0", "--data", str(data)],
             stdout=subprocess.PIPE, stderr=self._log_file, stdin=subprocess.DEVNULL,
-            env=dict(os.environ, PDB_LOG="warn"), text=True)
+            env=dict(os.environ, PDB_LOG="warn"), text=True, cwd=cwd)
         lines = queue.Queue()
 
         def drain():  # keeps reading stdout, so the witness never blocks on a full pipe
@@ -99,13 +101,14 @@ class Witness:
 
         threading.Thread(target=drain, daemon=True).start()
         printed = {}
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_timeout
         while "listening" not in printed:
             try:
                 line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 self.stop()
-                pytest.fail(f"pdb-witness did not print `listening: ...` within 30 s; "
+                pytest.fail(f"pdb-witness did not print `listening: ...` within "
+                            f"{start_timeout} s; "
                             f"stderr: {self.stderr()}", pytrace=False)
             if line is None:
                 rc = self.proc.wait()

@@ -47,8 +47,10 @@
 //! Targets: snapshot bootstrap at most 2x the physical reference and at least 20x
 //! faster than replay; peak RSS growth of the bootstrapping device at most 64 MB.
 //!
-//! Run: `cargo build --release -p pdb -p pdb-witness && cargo run --release -p pdb-bench
-//! --bin snapshot`. Environment: `PDB_SNAP_ROWS` (default 1000000),
+//! Run: `cargo build --release -p pdb && cargo build --release -p pdb-witness &&
+//! cargo run --release -p pdb-bench --bin snapshot` (two builds, not one `-p pdb -p pdb-witness`:
+//! built together, libpdb would take pdb-client's `rusqlite` feature from the witness).
+//! Environment: `PDB_SNAP_ROWS` (default 1000000),
 //! `PDB_SNAP_COMMIT_ROWS` (rows per commit, default 10000), `PDB_SNAP_SYNC_EVERY`
 //! (writer commits between `pdb_sync()` calls, default 5), `PDB_SNAP_REPS` (S and P
 //! repetitions, medians, default 3), `PDB_SNAP_REPLAY_REPS` (default 1),

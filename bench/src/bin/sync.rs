@@ -34,8 +34,10 @@
 //! All devices: WAL; part 3's also `synchronous=NORMAL` (as the apply benchmark), parts
 //! 1 and 2 SQLite's default (`FULL`) as an application would have it.
 //!
-//! Run: `cargo build --release -p pdb -p pdb-witness && cargo run --release -p pdb-bench
-//! --bin sync`. Environment: `PDB_SYNC_LATENCY_N` (measured commits, default 300),
+//! Run: `cargo build --release -p pdb && cargo build --release -p pdb-witness &&
+//! cargo run --release -p pdb-bench --bin sync` (two builds, not one `-p pdb -p pdb-witness`:
+//! built together, libpdb would take pdb-client's `rusqlite` feature from the witness).
+//! Environment: `PDB_SYNC_LATENCY_N` (measured commits, default 300),
 //! `PDB_SYNC_LATENCY_WARMUP` (default 5), `PDB_SYNC_LATENCY_GAP_MS` (default 10),
 //! `PDB_SYNC_HISTORY_MB` (default 100), `PDB_SYNC_HISTORY_COMMIT_KB` (default 50),
 //! `PDB_SYNC_APPLY_COMMITS` (default 1000), `PDB_SYNC_APPLY_CHANGES` (default 100),

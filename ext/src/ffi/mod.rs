@@ -568,9 +568,52 @@ struct RowsCursorC {
     inner: RowsCursor,
 }
 
-/// Runs a vtab callback body, turning a panic into `SQLITE_INTERNAL`.
-fn guarded(f: impl FnOnce() -> c_int) -> c_int {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or(SQLITE_INTERNAL)
+/// The error of a panic in a `pdb_changeset_rows` callback: named, so the user can tell
+/// which statement part failed (SQLite's own text for a bare code names nothing).
+fn rows_panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    format!(
+        "libpdb: internal error in pdb_changeset_rows (panic: {}); nothing was changed",
+        panic_message(panic)
+    )
+}
+
+/// Sets `vtab`'s error message, which SQLite reports for the failing callback.
+///
+/// # Safety
+/// `vtab` must be the live table.
+unsafe fn set_vtab_error(vtab: *mut sqlite3_vtab, message: &str) {
+    if vtab.is_null() {
+        return;
+    }
+    // Safety: the caller's promise; SQLite frees z_err_msg with sqlite3_free.
+    unsafe {
+        if !(*vtab).z_err_msg.is_null() {
+            call!(free((*vtab).z_err_msg as *mut c_void));
+        }
+        (*vtab).z_err_msg = sqlite_string(message);
+    }
+}
+
+/// Runs a vtab callback body; a panic becomes `SQLITE_ERROR` with a message on `vtab`
+/// (null when there is no table yet), as a panic in an SQL function does.
+///
+/// # Safety
+/// `vtab` must be null or the live table.
+unsafe fn guarded(vtab: *mut sqlite3_vtab, f: impl FnOnce() -> c_int) -> c_int {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        // Safety: the caller's promise.
+        unsafe { set_vtab_error(vtab, &rows_panic_message(&*panic)) };
+        SQLITE_ERROR
+    })
+}
+
+/// The table of a live cursor.
+///
+/// # Safety
+/// `cur` must be a live cursor of this module.
+unsafe fn cursor_vtab(cur: *mut sqlite3_vtab_cursor) -> *mut sqlite3_vtab {
+    // Safety: the caller's promise; SQLite sets p_vtab when it opens the cursor.
+    unsafe { (*cur).p_vtab }
 }
 
 unsafe extern "C" fn rows_connect(
@@ -579,9 +622,9 @@ unsafe extern "C" fn rows_connect(
     _argc: c_int,
     _argv: *const *const c_char,
     pp_vtab: *mut *mut sqlite3_vtab,
-    _err: *mut *mut c_char,
+    err: *mut *mut c_char,
 ) -> c_int {
-    guarded(|| {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
         let rc = call!(declare_vtab(db, ROWS_SCHEMA.as_ptr()));
         if rc != SQLITE_OK {
             return rc;
@@ -596,53 +639,72 @@ unsafe extern "C" fn rows_connect(
         // Safety: SQLite hands a writable out-pointer; it owns the box until disconnect.
         unsafe { *pp_vtab = Box::into_raw(table) as *mut sqlite3_vtab };
         SQLITE_OK
+    }));
+    outcome.unwrap_or_else(|panic| {
+        // Safety: SQLite hands a writable error out-pointer and frees it with sqlite3_free.
+        unsafe { *err = sqlite_string(&rows_panic_message(&*panic)) };
+        SQLITE_ERROR
     })
 }
 
 unsafe extern "C" fn rows_disconnect(vtab: *mut sqlite3_vtab) -> c_int {
-    guarded(|| {
+    let body = || {
         // Safety: created by Box::into_raw in rows_connect; SQLite disconnects once.
         drop(unsafe { Box::from_raw(vtab as *mut RowsTable) });
         SQLITE_OK
-    })
+    };
+    // Safety: null (the table is going away: there is nowhere to put a message).
+    unsafe { guarded(ptr::null_mut(), body) }
 }
 
 unsafe extern "C" fn rows_best_index(
-    _vtab: *mut sqlite3_vtab,
+    vtab: *mut sqlite3_vtab,
     info: *mut sqlite3_index_info,
 ) -> c_int {
-    guarded(|| {
+    let body = || {
         // Safety: SQLite passes a valid index_info with n_constraint entries.
         let info = unsafe { &mut *info };
         let n = info.n_constraint.max(0) as usize;
+        let mut unusable = false;
         for i in 0..n {
             // Safety: i < n_constraint.
             let c = unsafe { &*info.a_constraint.add(i) };
-            if c.i_column == ROWS_ARG && c.op == SQLITE_INDEX_CONSTRAINT_EQ {
-                if c.usable == 0 {
-                    // Another plan must supply the argument first.
-                    return SQLITE_CONSTRAINT;
-                }
-                // Safety: the usage array has n_constraint entries too.
-                let usage = unsafe { &mut *info.a_constraint_usage.add(i) };
-                usage.argv_index = 1;
-                usage.omit = 1;
-                info.idx_num = 1;
-                info.estimated_cost = 1.0;
-                return SQLITE_OK;
+            if c.i_column != ROWS_ARG || c.op != SQLITE_INDEX_CONSTRAINT_EQ {
+                continue;
             }
+            if c.usable == 0 {
+                // A later constraint may be usable in this plan (`changeset = ?` beside
+                // a join's `changeset = q.cs`); only if none is must another join order
+                // supply the argument.
+                unusable = true;
+                continue;
+            }
+            // Safety: the usage array has n_constraint entries too.
+            let usage = unsafe { &mut *info.a_constraint_usage.add(i) };
+            usage.argv_index = 1;
+            // Rows hold exactly this argument; any other `changeset = ...` is left to
+            // SQLite, which checks it against the hidden column.
+            usage.omit = 1;
+            info.idx_num = 1;
+            info.estimated_cost = 1.0;
+            return SQLITE_OK;
+        }
+        if unusable {
+            return SQLITE_CONSTRAINT;
         }
         info.idx_num = 0;
         info.estimated_cost = 1e12;
         SQLITE_OK
-    })
+    };
+    // Safety: SQLite passes the live table.
+    unsafe { guarded(vtab, body) }
 }
 
 unsafe extern "C" fn rows_open(
-    _vtab: *mut sqlite3_vtab,
+    vtab: *mut sqlite3_vtab,
     pp: *mut *mut sqlite3_vtab_cursor,
 ) -> c_int {
-    guarded(|| {
+    let body = || {
         let cursor = Box::new(RowsCursorC {
             base: sqlite3_vtab_cursor {
                 p_vtab: ptr::null_mut(),
@@ -652,15 +714,21 @@ unsafe extern "C" fn rows_open(
         // Safety: writable out-pointer; SQLite owns the cursor until close.
         unsafe { *pp = Box::into_raw(cursor) as *mut sqlite3_vtab_cursor };
         SQLITE_OK
-    })
+    };
+    // Safety: SQLite passes the live table.
+    unsafe { guarded(vtab, body) }
 }
 
 unsafe extern "C" fn rows_close(cur: *mut sqlite3_vtab_cursor) -> c_int {
-    guarded(|| {
+    // Safety: a live cursor; its table outlives it.
+    let vtab = unsafe { cursor_vtab(cur) };
+    let body = || {
         // Safety: created by Box::into_raw in rows_open; closed once.
         drop(unsafe { Box::from_raw(cur as *mut RowsCursorC) });
         SQLITE_OK
-    })
+    };
+    // Safety: the cursor's live table.
+    unsafe { guarded(vtab, body) }
 }
 
 unsafe extern "C" fn rows_filter(
@@ -674,6 +742,9 @@ unsafe extern "C" fn rows_filter(
     let cursor = unsafe { &mut *(cur as *mut RowsCursorC) };
     let vtab = cursor.base.p_vtab;
     let result = catch_unwind(AssertUnwindSafe(|| {
+        if panic_hook_target() == Some("pdb_changeset_rows") {
+            panic!("PDB_TEST_PANIC asked pdb_changeset_rows to panic");
+        }
         let arg = if idx_num == 1 && argc >= 1 {
             // Safety: argc >= 1 live values.
             Some(unsafe { value_ref(*argv) })
@@ -685,29 +756,31 @@ unsafe extern "C" fn rows_filter(
     let message = match result {
         Ok(Ok(())) => return SQLITE_OK,
         Ok(Err(e)) => format!("pdb_changeset_rows: {e}"),
-        Err(panic) => format!("libpdb: internal error (panic: {})", panic_message(&*panic)),
+        Err(panic) => rows_panic_message(&*panic),
     };
-    // Safety: vtab is the live table; SQLite frees z_err_msg with sqlite3_free.
-    unsafe {
-        if !(*vtab).z_err_msg.is_null() {
-            call!(free((*vtab).z_err_msg as *mut c_void));
-        }
-        (*vtab).z_err_msg = sqlite_string(&message);
-    }
+    // Safety: vtab is the live table.
+    unsafe { set_vtab_error(vtab, &message) };
     SQLITE_ERROR
 }
 
 unsafe extern "C" fn rows_next(cur: *mut sqlite3_vtab_cursor) -> c_int {
-    guarded(|| {
+    let body = || {
         // Safety: live cursor.
         unsafe { &mut *(cur as *mut RowsCursorC) }.inner.next();
         SQLITE_OK
-    })
+    };
+    // Safety: a live cursor and its live table.
+    unsafe { guarded(cursor_vtab(cur), body) }
 }
 
 unsafe extern "C" fn rows_eof(cur: *mut sqlite3_vtab_cursor) -> c_int {
-    // Safety: live cursor. A panic here is impossible (a comparison), but stay guarded.
-    guarded(|| c_int::from(unsafe { &*(cur as *mut RowsCursorC) }.inner.eof()))
+    // A panic here is impossible (a comparison); were there one, "at the end" (nonzero)
+    // stops the scan.
+    catch_unwind(AssertUnwindSafe(|| {
+        // Safety: live cursor.
+        c_int::from(unsafe { &*(cur as *mut RowsCursorC) }.inner.eof())
+    }))
+    .unwrap_or(1)
 }
 
 unsafe extern "C" fn rows_column(
@@ -715,18 +788,25 @@ unsafe extern "C" fn rows_column(
     ctx: *mut sqlite3_context,
     col: c_int,
 ) -> c_int {
-    guarded(|| {
+    let body = || {
+        if panic_hook_target() == Some("pdb_changeset_rows:column") {
+            panic!("PDB_TEST_PANIC asked pdb_changeset_rows:column to panic");
+        }
         // Safety: live cursor.
         let cursor = unsafe { &*(cur as *mut RowsCursorC) };
         set_result(ctx, cursor.inner.column(col as usize));
         SQLITE_OK
-    })
+    };
+    // Safety: a live cursor and its live table.
+    unsafe { guarded(cursor_vtab(cur), body) }
 }
 
 unsafe extern "C" fn rows_rowid(cur: *mut sqlite3_vtab_cursor, rowid: *mut i64) -> c_int {
-    guarded(|| {
+    let body = || {
         // Safety: live cursor and a writable out-pointer.
         unsafe { *rowid = (*(cur as *mut RowsCursorC)).inner.rowid() };
         SQLITE_OK
-    })
+    };
+    // Safety: a live cursor and its live table.
+    unsafe { guarded(cursor_vtab(cur), body) }
 }

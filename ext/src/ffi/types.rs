@@ -136,7 +136,6 @@ unsafe impl Sync for sqlite3_module {}
 
 pub const SQLITE_OK: c_int = 0;
 pub const SQLITE_ERROR: c_int = 1;
-pub const SQLITE_INTERNAL: c_int = 2;
 pub const SQLITE_CONSTRAINT: c_int = 19;
 pub const SQLITE_ROW: c_int = 100;
 pub const SQLITE_DONE: c_int = 101;
