@@ -244,7 +244,7 @@ impl<D: Db> Drop for RestoreDefer<'_, D> {
 fn tracked_ids<D: Db>(db: &D) -> Result<HashMap<String, i64>, Error> {
     let mut out = HashMap::new();
     let mut stmt = db.prepare("SELECT name, id FROM pdb_tracked")?;
-    stmt.query(&mut |r| {
+    stmt.query::<Error>(&mut |r| {
         if let (ValueRef::Text(n), ValueRef::Integer(id)) = (r[0], r[1]) {
             out.insert(String::from_utf8_lossy(n).into_owned(), id);
         }
@@ -253,8 +253,8 @@ fn tracked_ids<D: Db>(db: &D) -> Result<HashMap<String, i64>, Error> {
     Ok(out)
 }
 
-fn not_a_target(header: &TableHeader<'_>, e: Error) -> Error {
-    match e {
+fn not_a_target(header: &TableHeader<'_>, e: pdb_core::Error) -> Error {
+    match e.into() {
         Error::Table(msg) => {
             Error::Schema(format!("changeset names table \"{}\": {msg}", header.name))
         }
@@ -386,7 +386,7 @@ impl<'d, D: Db + 'd> TableApply<'d, D> {
     ) -> Result<Option<Vec<Value>>, Error> {
         let stmt = self.prepared(shape, params)?;
         let mut found = None;
-        stmt.query(&mut |row| {
+        stmt.query::<Error>(&mut |row| {
             if found.is_none() {
                 found = Some(row.iter().map(|v| ValueRef::to_owned(*v)).collect());
             }
@@ -775,7 +775,7 @@ fn check_foreign_keys<D: Db>(
 ) -> Result<(), Error> {
     let mut violation = None;
     let mut stmt = db.prepare("PRAGMA main.foreign_key_check")?;
-    stmt.query(&mut |r| {
+    stmt.query::<Error>(&mut |r| {
         if violation.is_none() {
             let text = |v: &ValueRef<'_>| match v {
                 ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),

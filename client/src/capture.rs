@@ -71,7 +71,7 @@ pub fn track<D: Db>(db: &D, name: &str) -> Result<String, Error> {
         {
             let mut stmt = db.prepare("SELECT id, columns FROM pdb_tracked WHERE name = ?1")?;
             stmt.bind(1, ValueRef::Text(info.name.as_bytes()))?;
-            stmt.query(&mut |row| {
+            stmt.query::<Error>(&mut |row| {
                 if let (ValueRef::Integer(id), ValueRef::Text(cols)) = (row[0], row[1]) {
                     existing = Some((id, String::from_utf8_lossy(cols).into_owned()));
                 }
@@ -169,7 +169,7 @@ pub fn untrack<D: Db>(db: &D, name: &str) -> Result<(), Error> {
                 db.prepare("SELECT id, name FROM pdb_tracked WHERE name = ?1 COLLATE NOCASE")?;
             stmt.bind(1, ValueRef::Text(name.as_bytes()))?;
             let mut row = None;
-            stmt.query(&mut |r| {
+            stmt.query::<Error>(&mut |r| {
                 if let (ValueRef::Integer(id), ValueRef::Text(n)) = (r[0], r[1]) {
                     row = Some((id, String::from_utf8_lossy(n).into_owned()));
                 }
@@ -198,7 +198,7 @@ pub fn tracked<D: Db>(db: &D) -> Result<Vec<Tracked>, Error> {
     let mut rows = Vec::new();
     {
         let mut stmt = db.prepare("SELECT name, id, columns FROM pdb_tracked ORDER BY name")?;
-        stmt.query(&mut |r| {
+        stmt.query::<Error>(&mut |r| {
             if let (ValueRef::Text(n), ValueRef::Integer(id), ValueRef::Text(c)) =
                 (r[0], r[1], r[2])
             {
@@ -287,7 +287,7 @@ fn diff_table<D: Db>(db: &D, t: &Tracked, out: &mut Writer) -> Result<(), Error>
     let mut rows: Vec<(i64, bool, usize, usize)> = Vec::new();
     {
         let mut stmt = db.prepare(&pass1)?;
-        stmt.query(&mut |row| {
+        stmt.query::<Error>(&mut |row| {
             let ValueRef::Integer(seq) = row[0] else {
                 return Ok(());
             };
@@ -319,7 +319,7 @@ fn diff_table<D: Db>(db: &D, t: &Tracked, out: &mut Writer) -> Result<(), Error>
     let mut cur: Vec<ValueRef<'_>> = Vec::with_capacity(n);
     let mut next = 0;
     let mut stmt = db.prepare(&pass2)?;
-    stmt.query(&mut |row| {
+    stmt.query::<Error>(&mut |row| {
         let ValueRef::Integer(seq) = row[0] else {
             return Ok(());
         };

@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use pdb_core::problem::Code;
+
 use crate::changeset::{ConcatError, FormatError};
 use crate::db::DbError;
 use crate::history::ChainError;
@@ -70,6 +72,18 @@ pub enum Error {
     Custom(String),
 }
 
+/// Folded into the variants of the same names rather than wrapped: `sqlite_code`,
+/// `retry` and `code` then judge an SQLite error or a table the same wherever it came
+/// from, and the messages stay what they were.
+impl From<pdb_core::Error> for Error {
+    fn from(e: pdb_core::Error) -> Self {
+        match e {
+            pdb_core::Error::Db(e) => Error::Db(e),
+            pdb_core::Error::Table(m) => Error::Table(m),
+        }
+    }
+}
+
 /// What to do after a failed sync ([`Error::retry`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
@@ -115,23 +129,28 @@ impl Error {
         const SQLITE_NOTADB: i32 = 26;
         match self {
             Error::Transport(_) => Retry::Later(None),
-            Error::Rejected(r) => match r.code.as_str() {
+            Error::Rejected(r) => match r.code() {
                 // A witness that goes on rebasing or compacting ahead of this device.
-                "stale_base"
-                | "conflict"
-                | "compacted"
-                | "unavailable"
-                | "range_not_satisfiable" => Retry::Later(r.retry_after),
-                "schema_mismatch"
-                | "unauthorized"
-                | "forbidden"
-                | "not_found"
-                | "invalid_changeset"
-                | "idempotency_conflict"
-                | "too_large"
-                | "bad_request" => Retry::Never,
-                _ if matches!(r.status, 408 | 429 | 500..=599) => Retry::Later(r.retry_after),
-                _ => Retry::Never,
+                Some(
+                    Code::StaleBase
+                    | Code::Conflict
+                    | Code::Compacted
+                    | Code::Unavailable
+                    | Code::RangeNotSatisfiable,
+                ) => Retry::Later(r.retry_after),
+                Some(
+                    Code::SchemaMismatch
+                    | Code::Unauthorized
+                    | Code::Forbidden
+                    | Code::NotFound
+                    | Code::InvalidChangeset
+                    | Code::IdempotencyConflict
+                    | Code::TooLarge
+                    | Code::BadRequest
+                    | Code::InvalidSchema,
+                ) => Retry::Never,
+                None if matches!(r.status, 408 | 429 | 500..=599) => Retry::Later(r.retry_after),
+                None => Retry::Never,
             },
             Error::Custom(_) => Retry::Application,
             Error::Db(e) if matches!(e.primary(), SQLITE_CORRUPT | SQLITE_NOTADB) => Retry::Never,
@@ -208,6 +227,7 @@ mod tests {
             (503, "unavailable", later),
             (410, "compacted", later),
             (416, "range_not_satisfiable", later),
+            (400, "invalid_schema", Retry::Never),
         ] {
             let e = refusal(status, code, None);
             assert_eq!(e.retry(), want, "{status} {code}");

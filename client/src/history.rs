@@ -3,10 +3,10 @@
 //! device's own tables, to compare with a certificate when nothing is pending.
 
 use crate::cert::{CertError, Certificate, Hash};
-use crate::db::{Db, Stmt};
-use crate::schema::{quote, TableInfo};
-use crate::state::StateVector;
-use crate::Error;
+
+// The full recount lives in pdb-core, where the witness shares it; callers here keep
+// their old path.
+pub use pdb_core::state::{state_in, state_of};
 
 /// Why a run of commits was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,38 +71,6 @@ pub fn verify_chain<'a>(
         (seq, head) = (cert.seq, cert.head);
     }
     Ok((seq, head))
-}
-
-/// The state vector of `tables` as they are in `db` (every row, O(rows)).
-pub fn state_of<D: Db>(db: &D, tables: &[TableInfo]) -> Result<StateVector, Error> {
-    state_in(db, "main", tables)
-}
-
-/// [`state_of`] for the tables of the attached database `schema`. Rows are read here
-/// and hashed on worker threads.
-pub fn state_in<D: Db>(db: &D, schema: &str, tables: &[TableInfo]) -> Result<StateVector, Error> {
-    let mut state = StateVector::new();
-    state.add_rows_parallel(|push| {
-        let mut enc = Vec::with_capacity(256);
-        for t in tables {
-            let cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
-            let sql = format!(
-                "SELECT {} FROM {}.{}",
-                cols.join(", "),
-                quote(schema),
-                quote(&t.name)
-            );
-            let mut stmt = db.prepare(&sql)?;
-            stmt.query(&mut |row| {
-                enc.clear();
-                crate::state::encode_row_into(&mut enc, &t.name, row);
-                push(&enc);
-                Ok(())
-            })?;
-        }
-        Ok::<(), Error>(())
-    })?;
-    Ok(state)
 }
 
 #[cfg(test)]

@@ -4,37 +4,32 @@
 //! trait so that it runs (and is tested) on a rusqlite connection as well as on the
 //! host connection the extension is handed. This crate contains no `unsafe` code.
 //!
-//! - [`changeset`]: the session extension's changeset format (read, write, invert, concat).
+//! - [`changeset`], [`cert`], [`state`], [`snapshot`], [`schema`], [`value`],
+//!   [`problem`]: re-exported from `pdb-core`, shared with the witness.
 //! - [`capture`]: `pdb_track`, the shadow tables and triggers, and the pending changeset.
 //! - [`queue`]: `pdb_commit` and the upload queue.
 //! - [`apply`]: applying a changeset with `sqlite3changeset_apply` semantics.
-//! - [`schema`]: table introspection and the schema hash.
 //! - [`group_ddl`]: the group's DDL from the witness, checked before a device runs it.
-//! - [`cert`], [`state`]: heads, certificates and the state digest (DESIGN §4).
 //! - [`history`]: checking pulled certificates as a chain, and the local state digest.
 //! - [`transport`]: the witness's HTTP API from a device's side.
 //! - [`sync`]: `pdb_open`, push, pull, rebase with conflict strategies, status.
-//! - [`snapshot`]: signed snapshot manifests (DESIGN §4).
 //! - [`rows`]: whole rows by key, as rebase compares, records and writes them.
 #![forbid(unsafe_code)]
 
 pub mod apply;
 pub mod capture;
-pub mod cert;
-pub mod changeset;
 pub mod db;
 mod error;
 pub mod group_ddl;
 pub mod history;
 pub mod queue;
 pub mod rows;
-pub mod schema;
-pub mod snapshot;
-pub mod state;
 pub mod sync;
 pub mod transport;
-pub mod value;
-mod varint;
+
+// What the witness shares moved to pdb-core; its old paths here keep every user
+// (the extension, tests, benchmarks, fuzz targets) compiling unchanged.
+pub use pdb_core::{cert, changeset, problem, schema, snapshot, state, value};
 
 pub use db::{Db, DbError, Stmt};
 pub use error::{Error, Retry};

@@ -53,7 +53,7 @@ pub fn commit<D: Db>(db: &D, meta: Option<&str>) -> Result<Option<i64>, Error> {
             ValueRef::Integer(capture::now_ms()),
         ])?;
         let mut id = None;
-        stmt.query(&mut |row| {
+        stmt.query::<Error>(&mut |row| {
             if let ValueRef::Integer(i) = row[0] {
                 id = Some(i);
             }

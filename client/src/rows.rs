@@ -244,7 +244,7 @@ impl<'d, D: Db + 'd> Rows<'d, D> {
         let params: Vec<ValueRef<'_>> = key.iter().map(Value::as_ref).collect();
         stmt.bind_all(&params)?;
         let mut found = None;
-        stmt.query(&mut |row| {
+        stmt.query::<Error>(&mut |row| {
             if found.is_none() {
                 found = Some(row.iter().map(|v| ValueRef::to_owned(*v)).collect());
             }

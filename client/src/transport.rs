@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::cert::{hex, parse_hash, Certificate, Hash};
+use crate::problem::Code;
 use crate::snapshot::Manifest;
 
 /// The witness could not be asked (network, TLS, timeout) or answered nonsense.
@@ -36,6 +37,11 @@ pub struct Rejection {
 }
 
 impl Rejection {
+    /// The problem code, when this version knows it (`code` keeps any string as sent).
+    pub fn code(&self) -> Option<Code> {
+        Code::parse(&self.code)
+    }
+
     /// The current head a `stale_base` or `conflict` carries.
     pub fn head(&self) -> Option<(u64, Hash)> {
         let seq = self.body.get("seq")?.as_u64()?;
@@ -393,7 +399,7 @@ impl Remote {
             Ok(json) => Certificate::from_json(&json)
                 .map(|c| Ok(Some(c)))
                 .map_err(|e| TransportError::Protocol(format!("certificate: {e}"))),
-            Err(r) if status == 404 && r.code == "not_found" => Ok(Ok(None)),
+            Err(r) if status == 404 && r.code() == Some(Code::NotFound) => Ok(Ok(None)),
             Err(r) => Ok(Err(r)),
         }
     }
@@ -439,7 +445,7 @@ impl Remote {
             Ok(json) => Manifest::from_json(&json)
                 .map(|m| Ok(Some(m)))
                 .map_err(|e| TransportError::Protocol(e.to_string())),
-            Err(r) if status == 404 && r.code == "not_found" => Ok(Ok(None)),
+            Err(r) if status == 404 && r.code() == Some(Code::NotFound) => Ok(Ok(None)),
             Err(r) => Ok(Err(r)),
         }
     }

@@ -344,7 +344,7 @@ fn file_state(
         .to_str()
         .ok_or_else(|| Error::Argument(format!("{} is not UTF-8", path.display())))?;
     let conn = OwnedConn::open(path)?;
-    pdb_client::history::state_of(&conn, tables)
+    Ok(pdb_client::history::state_of(&conn, tables)?)
 }
 
 fn sync_stop(db: &Conn, _: &[ValueRef<'_>]) -> Result<Output, Error> {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
-use pdb_client::cert::{genesis, hex, next_head, Certificate, Hash};
+use pdb_core::cert::{genesis, hex, next_head, Certificate, Hash};
 use tokio::sync::{oneshot, watch};
 
 use crate::metrics::Metrics;

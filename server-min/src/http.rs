@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use base64::Engine;
-use pdb_client::cert::hex;
+use pdb_core::cert::hex;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -503,7 +503,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Problem::new(Code::Unavailable, e.to_string()))?
 }
 
-fn manifest_response(status: StatusCode, m: &pdb_client::snapshot::Manifest) -> Response {
+fn manifest_response(status: StatusCode, m: &pdb_core::snapshot::Manifest) -> Response {
     (status, Json(Value::Object(m.to_json()))).into_response()
 }
 
@@ -622,7 +622,7 @@ async fn get_object(
     headers: HeaderMap,
 ) -> Response {
     let r = async {
-        let hash = pdb_client::cert::parse_hash(&name)
+        let hash = pdb_core::cert::parse_hash(&name)
             .ok_or_else(|| Problem::new(Code::NotFound, format!("no object {name}")))?;
         let claims = app.auth.authenticate(
             headers

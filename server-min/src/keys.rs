@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
-use pdb_client::cert::{hex, parse_hex};
+use pdb_core::cert::{hex, parse_hex};
 
 /// File name of the certificate signing key.
 pub const WITNESS_KEY: &str = "witness.key";

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use pdb_client::cert::{hex, parse_hex};
+use pdb_core::cert::{hex, parse_hex};
 use pdb_witness::auth::{Auth, Claims, Role, SigningSecret};
 use pdb_witness::http::{router, App};
 use pdb_witness::keys;

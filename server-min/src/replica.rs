@@ -7,12 +7,12 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use pdb_client::cert::Hash;
-use pdb_client::changeset::{self, Op};
-use pdb_client::db::rusqlite_impl::{from_rusqlite, to_rusqlite};
-use pdb_client::schema::{self, affinity, kept_as_is, quote, Affinity, TableInfo};
-use pdb_client::state::StateVector;
-use pdb_client::value::{decode_field, Value};
+use pdb_core::cert::Hash;
+use pdb_core::changeset::{self, Op};
+use pdb_core::db::rusqlite_impl::{from_rusqlite, to_rusqlite};
+use pdb_core::schema::{self, affinity, kept_as_is, quote, Affinity, TableInfo};
+use pdb_core::state::StateVector;
+use pdb_core::value::{decode_field, Value};
 use rusqlite::session::{ConflictAction, ConflictType};
 use rusqlite::{params, Connection};
 
@@ -348,13 +348,13 @@ impl Replica {
                     match decode_field(rec[c]) {
                         // A rowid alias holds only integers; SQLite would refuse anything
                         // else mid-apply (SQLITE_MISMATCH), so refuse it here by name.
-                        Some(v) if info.integer_pk && !matches!(v, pdb_client::ValueRef::Integer(_)) => {
+                        Some(v) if info.integer_pk && !matches!(v, pdb_core::ValueRef::Integer(_)) => {
                             return Err(Refusal::Invalid(format!(
                                 "table \"{}\": key column \"{}\" is an INTEGER PRIMARY KEY, but a change gives it a non-integer value",
                                 info.name, info.columns[c].name
                             )))
                         }
-                        Some(v) if v != pdb_client::ValueRef::Null => key.push(v.to_owned()),
+                        Some(v) if v != pdb_core::ValueRef::Null => key.push(v.to_owned()),
                         _ => {
                             return Err(Refusal::Invalid(format!(
                                 "table \"{}\": a change has no value for key column \"{}\"",
@@ -555,9 +555,9 @@ impl Replica {
     }
 
     /// The state vector recomputed from every row of the replica's tables.
-    pub fn full_state(&self) -> Result<StateVector, pdb_client::Error> {
+    pub fn full_state(&self) -> Result<StateVector, pdb_core::Error> {
         let tables: Vec<TableInfo> = self.tables().cloned().collect();
-        pdb_client::history::state_of(&self.conn, &tables)
+        pdb_core::state::state_of(&self.conn, &tables)
     }
 }
 
@@ -612,7 +612,7 @@ fn describe_conflict(
             };
             if let Ok(v) = v {
                 let mut s = String::new();
-                pdb_client::changeset::value_json(&mut s, from_rusqlite(v));
+                pdb_core::changeset::value_json(&mut s, from_rusqlite(v));
                 key.push(serde_json::from_str::<serde_json::Value>(&s).unwrap_or_default());
             }
         }

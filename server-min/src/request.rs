@@ -1,6 +1,6 @@
 //! Parsing the headers of a commit request (outside input, so it has a fuzz target).
 
-use pdb_client::cert::{parse_hash, Hash};
+use pdb_core::cert::{parse_hash, Hash};
 
 use crate::group::Policy;
 use crate::problem::{Code, Problem};

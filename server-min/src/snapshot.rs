@@ -16,10 +16,10 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, RwLock};
 
 use ed25519_dalek::SigningKey;
-use pdb_client::cert::{genesis, hex, Hash};
-use pdb_client::schema::quote;
-use pdb_client::snapshot::Manifest;
-use pdb_client::state::StateVector;
+use pdb_core::cert::{genesis, hex, Hash};
+use pdb_core::schema::quote;
+use pdb_core::snapshot::Manifest;
+use pdb_core::state::StateVector;
 use rusqlite::{params, Connection};
 
 use crate::group::{replay, Group};
@@ -158,9 +158,9 @@ fn state_of_file(path: &Path) -> Result<StateVector, String> {
     .map_err(|e| e.to_string())?;
     let mut tables = Vec::new();
     for n in names {
-        tables.push(pdb_client::schema::table_info(&conn, &n).map_err(|e| e.to_string())?);
+        tables.push(pdb_core::schema::table_info(&conn, &n).map_err(|e| e.to_string())?);
     }
-    pdb_client::history::state_of(&conn, &tables).map_err(|e| e.to_string())
+    pdb_core::state::state_of(&conn, &tables).map_err(|e| e.to_string())
 }
 
 /// BLAKE3 and size of a file, read in large pieces (BLAKE3 hashes them in parallel

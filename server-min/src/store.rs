@@ -8,7 +8,7 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use pdb_client::cert::{Certificate, Hash};
+use pdb_core::cert::{Certificate, Hash};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 /// The DDL of the history store.
@@ -101,8 +101,8 @@ pub struct SnapshotRow {
 
 impl SnapshotRow {
     /// The manifest this row describes.
-    pub fn manifest(&self, group: &str, witness_key: [u8; 32]) -> pdb_client::snapshot::Manifest {
-        pdb_client::snapshot::Manifest {
+    pub fn manifest(&self, group: &str, witness_key: [u8; 32]) -> pdb_core::snapshot::Manifest {
+        pdb_core::snapshot::Manifest {
             group: group.to_string(),
             seq: self.seq,
             head: self.head,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use ed25519_dalek::SigningKey;
-use pdb_client::cert::genesis;
+use pdb_core::cert::genesis;
 
 use crate::group::{self, Env, Group};
 use crate::metrics::Metrics;
@@ -223,7 +223,7 @@ impl Witness {
                 Code::SchemaMismatch,
                 format!("group \"{name}\" exists with another schema"),
             )
-            .with("schema_hash", pdb_client::cert::hex(&g.info.schema_hash)));
+            .with("schema_hash", pdb_core::cert::hex(&g.info.schema_hash)));
         }
         let unavailable =
             |e: &dyn std::fmt::Display| Problem::new(Code::Unavailable, e.to_string());

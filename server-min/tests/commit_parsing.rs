@@ -12,8 +12,8 @@
 
 use std::path::PathBuf;
 
-use pdb_client::cert::{genesis, hex, Hash};
-use pdb_client::state::StateVector;
+use pdb_core::cert::{genesis, hex, Hash};
+use pdb_core::state::StateVector;
 use pdb_witness::group::Policy;
 use pdb_witness::problem::Code;
 use pdb_witness::replica::{Refusal, Replica};
@@ -500,9 +500,9 @@ fn every_truncation_and_byte_flip_of_a_real_changeset() {
 
 /// An INSERT into `t` whose INTEGER PRIMARY KEY value is `key` (an encoded field).
 fn insert_t_with_key(key: &[u8]) -> Vec<u8> {
-    let mut w = pdb_client::changeset::Writer::new();
+    let mut w = pdb_core::changeset::Writer::new();
     w.table("t", &[1, 0, 0, 0, 0]);
-    w.begin(pdb_client::changeset::Op::Insert, false);
+    w.begin(pdb_core::changeset::Op::Insert, false);
     w.buf().extend_from_slice(key);
     for _ in 0..4 {
         w.buf().push(5); // NULL
@@ -546,13 +546,13 @@ fn a_rowid_key_that_is_not_an_integer_is_refused_as_invalid() {
 fn one_row_named_by_two_key_spellings_moves_the_state_once() {
     let dir = TempDir::new("spellings");
     let r = replica(&dir);
-    let mut w = pdb_client::changeset::Writer::new();
+    let mut w = pdb_core::changeset::Writer::new();
     // u(name TEXT PRIMARY KEY NOT NULL, n INTEGER NOT NULL UNIQUE)
     w.table("u", &[1, 0]);
-    w.begin(pdb_client::changeset::Op::Insert, false);
+    w.begin(pdb_core::changeset::Op::Insert, false);
     w.buf().extend_from_slice(&[3, 1, b'9']);
     w.buf().extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 101]);
-    w.begin(pdb_client::changeset::Op::Update, false);
+    w.begin(pdb_core::changeset::Op::Update, false);
     w.buf().extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 9]);
     w.buf().extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 101]);
     w.buf().extend_from_slice(&[0]);
@@ -623,16 +623,16 @@ proptest! {
         let dir = TempDir::new("affinity");
         let r = replica(&dir);
         let base = r.full_state().unwrap();
-        let mut cs = pdb_client::changeset::Writer::new();
+        let mut cs = pdb_core::changeset::Writer::new();
         cs.table("t", &[1, 0, 0, 0, 0]);
-        cs.begin(pdb_client::changeset::Op::Insert, false);
+        cs.begin(pdb_core::changeset::Op::Insert, false);
         cs.buf().push(1);
         cs.buf().extend_from_slice(&id.to_be_bytes());
         for v in &t {
             cs.buf().extend_from_slice(v);
         }
         cs.table("é", &[1, 0]);
-        cs.begin(pdb_client::changeset::Op::Insert, false);
+        cs.begin(pdb_core::changeset::Op::Insert, false);
         cs.buf().push(1);
         cs.buf().extend_from_slice(&id.to_be_bytes());
         cs.buf().extend_from_slice(&w);

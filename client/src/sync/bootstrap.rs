@@ -19,6 +19,7 @@ use serde_json::json;
 use crate::capture;
 use crate::cert::{hex, Certificate};
 use crate::db::{transaction, Db, Stmt};
+use crate::problem::Code;
 use crate::schema::{quote, schema_hash, TableInfo};
 use crate::snapshot::Manifest;
 use crate::state::StateVector;
@@ -302,7 +303,7 @@ fn image_tables<D: Db>(db: &D, m: &Manifest) -> Result<Vec<(TableInfo, Vec<Strin
          WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY type DESC, name",
         quote(SNAPSHOT_SCHEMA)
     ))?;
-    stmt.query(&mut |r| {
+    stmt.query::<Error>(&mut |r| {
         let t = |i: usize| match r[i] {
             ValueRef::Text(t) => std::str::from_utf8(t).ok().map(str::to_string),
             _ => None,
@@ -640,7 +641,7 @@ fn run<D: Db>(
             Ok(Some(fetched)) => break fetched,
             Ok(None) => return Ok(None),
             Err(Error::Rejected(r))
-                if attempts < 3 && matches!(r.code.as_str(), "compacted" | "not_found") => {}
+                if attempts < 3 && matches!(r.code(), Some(Code::Compacted | Code::NotFound)) => {}
             Err(e) => return Err(e),
         }
     };

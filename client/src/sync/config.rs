@@ -23,10 +23,10 @@ pub struct Config {
 
 /// Reads one `pdb_local` value.
 pub(crate) fn get<D: Db>(db: &D, key: &str) -> Result<Option<Value>, Error> {
-    db.query_value(
+    Ok(db.query_value(
         "SELECT value FROM pdb_local WHERE key = ?1",
         &[ValueRef::Text(key.as_bytes())],
-    )
+    )?)
 }
 
 /// Writes one `pdb_local` value.

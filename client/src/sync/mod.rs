@@ -24,6 +24,7 @@ use serde_json::json;
 use crate::capture;
 use crate::cert::{genesis, hex, next_head, parse_hash, Certificate, Hash};
 use crate::db::{Db, Stmt};
+use crate::problem::Code;
 use crate::schema::schema_hash;
 use crate::transport::{Remote, Submission, TransportError};
 use crate::value::{Value, ValueRef};
@@ -189,7 +190,7 @@ fn next_outgoing<D: Db>(db: &D) -> Result<Option<Outgoing>, Error> {
          FROM pdb_upload_queue WHERE dead IS NULL AND pushed_seq IS NULL ORDER BY id LIMIT 1",
     )?;
     let mut out = None;
-    stmt.query(&mut |r| {
+    stmt.query::<Error>(&mut |r| {
         let text = |v: ValueRef<'_>| match v {
             ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
             _ => None,
@@ -304,16 +305,18 @@ pub fn push<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<Pushed, Erro
                 moved = (cert.prev == base.1 && cert.seq == base.0 + 1)
                     .then_some((stored_base, (cert.seq, cert.head)));
             }
-            Err(rej) => match rej.code.as_str() {
+            Err(rej) => match rej.code() {
                 // The group moved on, or an earlier form of this commit was certified
                 // after all: the pull shows which, and rebases the rest.
-                "stale_base" | "conflict" | "idempotency_conflict" | "compacted" => {
+                Some(
+                    Code::StaleBase | Code::Conflict | Code::IdempotencyConflict | Code::Compacted,
+                ) => {
                     done.need_pull = true;
                     return Ok(done);
                 }
                 // The witness will never take this commit: take it back locally and
                 // keep it visible as a dead letter, its rows in pdb_conflicts.
-                "invalid_changeset" | "too_large" => {
+                Some(Code::InvalidChangeset | Code::TooLarge) => {
                     let reason = format!("{} {}: {}", rej.status, rej.code, rej.detail);
                     rebase::integrate(db, cfg, &[], Some((c.id, &reason)))?;
                     done.dead += 1;
@@ -361,7 +364,7 @@ fn create_group_tables<D: Db>(db: &D, remote: &Remote) -> Result<(), Error> {
             "SELECT name FROM main.sqlite_schema WHERE type = 'table' \
              AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE 'pdb\\_%' ESCAPE '\\'",
         )?;
-        stmt.query(&mut |r| {
+        stmt.query::<Error>(&mut |r| {
             if let ValueRef::Text(t) = r[0] {
                 names.push(String::from_utf8_lossy(t).into_owned());
             }
@@ -398,7 +401,7 @@ fn pull_pages<D: Db>(db: &D, cfg: &Config, remote: &Remote, path: &str) -> Resul
         let (seq, _) = config::head(db, &cfg.group)?;
         let page = match remote.pull(seq, PAGE, Duration::ZERO)? {
             Ok(page) => page,
-            Err(r) if r.code == "compacted" && rebootstraps < 3 => {
+            Err(r) if r.code() == Some(Code::Compacted) && rebootstraps < 3 => {
                 rebootstraps += 1;
                 total.bootstrapped =
                     bootstrap::bootstrap(db, cfg, remote, path, bootstrap::Reason::Compacted)?;
@@ -606,7 +609,7 @@ pub fn status_json<D: Db>(db: &D) -> Result<String, Error> {
     let mut stmt = db.prepare(
         "SELECT id, dead, created_at FROM pdb_upload_queue WHERE dead IS NOT NULL ORDER BY id",
     )?;
-    stmt.query(&mut |r| {
+    stmt.query::<Error>(&mut |r| {
         if let (ValueRef::Integer(id), ValueRef::Text(reason), ValueRef::Integer(at)) =
             (r[0], r[1], r[2])
         {
@@ -629,7 +632,7 @@ pub fn certificate<D: Db>(db: &D, seq: i64) -> Result<Option<Certificate>, Error
     )?;
     stmt.bind(1, ValueRef::Integer(seq))?;
     let mut row: Option<Vec<Value>> = None;
-    stmt.query(&mut |r| {
+    stmt.query::<Error>(&mut |r| {
         row = Some(r.iter().map(|v| ValueRef::to_owned(*v)).collect());
         Ok(())
     })?;

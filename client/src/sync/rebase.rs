@@ -322,7 +322,7 @@ fn queued<D: Db>(db: &D) -> Result<Vec<Queued>, Error> {
         "SELECT id, changeset, idempotency_key, pushed_seq FROM pdb_upload_queue \
          WHERE dead IS NULL ORDER BY id",
     )?;
-    stmt.query(&mut |row| {
+    stmt.query::<Error>(&mut |row| {
         if let (ValueRef::Integer(id), ValueRef::Blob(cs), ValueRef::Text(key)) =
             (row[0], row[1], row[2])
         {

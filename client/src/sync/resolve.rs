@@ -22,7 +22,7 @@ pub fn resolve<D: Db>(db: &D, id: i64, choice: &str) -> Result<String, Error> {
             let mut stmt =
                 db.prepare("SELECT table_name, pk, local FROM pdb_conflicts WHERE id = ?1")?;
             stmt.bind(1, ValueRef::Integer(id))?;
-            stmt.query(&mut |r| {
+            stmt.query::<Error>(&mut |r| {
                 let text = |v: ValueRef<'_>| match v {
                     ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
                     _ => None,

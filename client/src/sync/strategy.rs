@@ -107,7 +107,7 @@ pub fn load<D: Db>(db: &D) -> Result<HashMap<String, Strategy>, Error> {
     let mut out = HashMap::new();
     let mut stmt = db.prepare("SELECT table_name, strategy, function FROM pdb_strategies")?;
     let mut bad = None;
-    stmt.query(&mut |row| {
+    stmt.query::<Error>(&mut |row| {
         let text = |v: ValueRef<'_>| match v {
             ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
             _ => None,
@@ -204,7 +204,7 @@ fn custom<D: Db>(
         ValueRef::text_or_null(r.as_deref()),
     ])?;
     let mut out: Option<Value> = None;
-    stmt.query(&mut |row| {
+    stmt.query::<Error>(&mut |row| {
         out = Some(row[0].to_owned());
         Ok(())
     })

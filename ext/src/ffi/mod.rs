@@ -500,10 +500,10 @@ impl Stmt for RawStmt<'_> {
         Ok(changes.max(0) as usize)
     }
 
-    fn query(
+    fn query<E: From<DbError>>(
         &mut self,
-        f: &mut dyn FnMut(&[ValueRef<'_>]) -> Result<(), Error>,
-    ) -> Result<(), Error> {
+        f: &mut dyn FnMut(&[ValueRef<'_>]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let n = call!(column_count(self.stmt));
         loop {
             match self.step() {

@@ -125,7 +125,7 @@ pub fn table_info_in<D: Db>(db: &D, schema: &str, name: &str) -> Result<TableInf
         ))?;
         stmt.bind(1, ValueRef::Text(name.as_bytes()))?;
         let mut found = None;
-        stmt.query(&mut |row| {
+        stmt.query::<Error>(&mut |row| {
             found = Some((text(&row[0]), text(&row[1]), text(&row[2])));
             Ok(())
         })?;
@@ -166,7 +166,7 @@ pub fn table_info_in<D: Db>(db: &D, schema: &str, name: &str) -> Result<TableInf
         )?;
         stmt.bind(1, ValueRef::Text(name.as_bytes()))?;
         stmt.bind(2, ValueRef::Text(schema.as_bytes()))?;
-        stmt.query(&mut |row| {
+        stmt.query::<Error>(&mut |row| {
             let col = Column {
                 name: text(&row[0]),
                 decl_type: text(&row[1]),
@@ -251,7 +251,7 @@ fn unique_constraints<D: Db>(
         )?;
         stmt.bind(1, ValueRef::Text(table.as_bytes()))?;
         stmt.bind(2, ValueRef::Text(schema.as_bytes()))?;
-        stmt.query(&mut |row| {
+        stmt.query::<Error>(&mut |row| {
             indexes.push(text(&row[0]));
             Ok(())
         })?;
@@ -264,7 +264,7 @@ fn unique_constraints<D: Db>(
             db.prepare("SELECT cid, name FROM pragma_index_info(?1, ?2) ORDER BY seqno")?;
         stmt.bind(1, ValueRef::Text(index.as_bytes()))?;
         stmt.bind(2, ValueRef::Text(schema.as_bytes()))?;
-        stmt.query(&mut |row| {
+        stmt.query::<Error>(&mut |row| {
             // cid < 0 is the rowid or an expression: such an index cannot be probed
             // with NEW.column values, so it is left out (see ARCHITECTURE.md).
             match usize::try_from(int(&row[0])) {

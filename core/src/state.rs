@@ -3,8 +3,10 @@
 //! the same rows have the same digest whatever their file layout.
 
 use crate::cert::Hash;
-use crate::schema::put_str;
+use crate::db::{Db, Stmt};
+use crate::schema::{put_str, quote, TableInfo};
 use crate::value::ValueRef;
+use crate::Error;
 
 /// Number of 16-bit lanes in the vector.
 pub const LANES: usize = 1024;
@@ -178,6 +180,38 @@ impl StateVector {
         h.update(&self.to_bytes());
         *h.finalize().as_bytes()
     }
+}
+
+/// The state vector of `tables` as they are in `db` (every row, O(rows)).
+pub fn state_of<D: Db>(db: &D, tables: &[TableInfo]) -> Result<StateVector, Error> {
+    state_in(db, "main", tables)
+}
+
+/// [`state_of`] for the tables of the attached database `schema`. Rows are read here
+/// and hashed on worker threads.
+pub fn state_in<D: Db>(db: &D, schema: &str, tables: &[TableInfo]) -> Result<StateVector, Error> {
+    let mut state = StateVector::new();
+    state.add_rows_parallel(|push| {
+        let mut enc = Vec::with_capacity(256);
+        for t in tables {
+            let cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
+            let sql = format!(
+                "SELECT {} FROM {}.{}",
+                cols.join(", "),
+                quote(schema),
+                quote(&t.name)
+            );
+            let mut stmt = db.prepare(&sql)?;
+            stmt.query::<Error>(&mut |row| {
+                enc.clear();
+                encode_row_into(&mut enc, &t.name, row);
+                push(&enc);
+                Ok(())
+            })?;
+        }
+        Ok::<(), Error>(())
+    })?;
+    Ok(state)
 }
 
 #[cfg(test)]
