@@ -78,28 +78,35 @@ pub enum CertError {
     },
 }
 
-/// A witness certificate for commit `seq` of `group` (DESIGN §4).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A witness certificate for commit `seq` of `group` (DESIGN §4). Its JSON object is
+/// the derived serialization, members in field order.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Certificate {
     /// Group id.
     pub group: String,
     /// Position in the group's history, from 1.
     pub seq: u64,
     /// `head(seq - 1)`.
+    #[serde(serialize_with = "json_form::hex32")]
     pub prev: Hash,
     /// `head(seq)`.
+    #[serde(serialize_with = "json_form::hex32")]
     pub head: Hash,
     /// `state(seq)`, the state digest after the commit.
+    #[serde(serialize_with = "json_form::hex32")]
     pub state: Hash,
     /// BLAKE3 of the commit's payload.
+    #[serde(serialize_with = "json_form::hex32")]
     pub changeset_hash: Hash,
     /// The idempotency key the commit was submitted with.
     pub idempotency_key: String,
     /// When the witness accepted it, unix ms.
     pub committed_at: i64,
     /// The witness's Ed25519 public key.
+    #[serde(serialize_with = "json_form::hex32")]
     pub witness_key: [u8; 32],
     /// Ed25519 signature over [`cert_message`].
+    #[serde(serialize_with = "json_form::base64_64")]
     pub signature: [u8; 64],
 }
 
@@ -163,26 +170,12 @@ impl Certificate {
 
     /// The JSON object of DESIGN §4: hex for hashes and keys, base64 for the signature.
     pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
-        use base64::Engine;
-        let mut m = serde_json::Map::new();
-        m.insert("group".into(), self.group.clone().into());
-        m.insert("seq".into(), self.seq.into());
-        m.insert("prev".into(), hex(&self.prev).into());
-        m.insert("head".into(), hex(&self.head).into());
-        m.insert("state".into(), hex(&self.state).into());
-        m.insert("changeset_hash".into(), hex(&self.changeset_hash).into());
-        m.insert(
-            "idempotency_key".into(),
-            self.idempotency_key.clone().into(),
-        );
-        m.insert("committed_at".into(), self.committed_at.into());
-        m.insert("witness_key".into(), hex(&self.witness_key).into());
-        let sig = base64::engine::general_purpose::STANDARD.encode(self.signature);
-        m.insert("signature".into(), sig.into());
-        m
+        json_form::object(self)
     }
 
-    /// Reads the JSON object written by [`Certificate::to_json`].
+    /// Reads the JSON object written by [`Certificate::to_json`]. Read member by member
+    /// rather than derived: a refusal names the member at fault, which a derived
+    /// deserializer's errors do not.
     pub fn from_json(v: &serde_json::Value) -> Result<Certificate, CertError> {
         use base64::Engine;
         let s = |k: &'static str| v.get(k).and_then(|x| x.as_str()).ok_or(CertError::Field(k));
@@ -210,6 +203,31 @@ impl Certificate {
             witness_key: h("witness_key")?,
             signature,
         })
+    }
+}
+
+/// The JSON forms' member encodings, for `#[serde(serialize_with)]`: hex for hashes
+/// and keys, standard base64 for signatures.
+pub(crate) mod json_form {
+    use serde::Serializer;
+
+    pub(crate) fn hex32<S: Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::hex(bytes))
+    }
+
+    pub(crate) fn base64_64<S: Serializer>(bytes: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    /// The JSON object of a struct whose members are strings and numbers.
+    pub(crate) fn object(v: &impl serde::Serialize) -> serde_json::Map<String, serde_json::Value> {
+        match serde_json::to_value(v) {
+            Ok(serde_json::Value::Object(m)) => m,
+            // Only a map key that is not a string or a failing Serialize impl errs, and
+            // a derived struct of strings and integers has neither.
+            other => unreachable!("a struct serializes to a JSON object, not {other:?}"),
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use base64::Engine;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
-use crate::cert::{hex, parse_hash, CertError, Hash};
+use crate::cert::{hex, json_form, parse_hash, CertError, Hash};
 use crate::schema::put_str;
 
 /// The bytes a manifest's signature covers:
@@ -27,28 +27,35 @@ pub fn snapshot_message(
     m
 }
 
-/// A signed snapshot manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A signed snapshot manifest. Its JSON object is the derived serialization, members
+/// in field order, then `object`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Manifest {
     /// Group id.
     pub group: String,
     /// The seq of the head the image holds.
     pub seq: u64,
     /// `head(seq)`.
+    #[serde(serialize_with = "json_form::hex32")]
     pub head: Hash,
     /// `state(seq)`: the state digest the image's tables must have.
+    #[serde(serialize_with = "json_form::hex32")]
     pub state: Hash,
     /// Size of the file in bytes.
     pub size: u64,
     /// BLAKE3 of the file's bytes (also its object name).
+    #[serde(serialize_with = "json_form::hex32")]
     pub blake3: Hash,
     /// Schema hash of the tables in the image.
+    #[serde(serialize_with = "json_form::hex32")]
     pub schema_hash: Hash,
     /// When the witness made it, unix ms.
     pub created_at: i64,
     /// The witness's Ed25519 public key.
+    #[serde(serialize_with = "json_form::hex32")]
     pub witness_key: [u8; 32],
     /// Ed25519 signature over [`snapshot_message`].
+    #[serde(serialize_with = "json_form::base64_64")]
     pub signature: [u8; 64],
 }
 
@@ -111,23 +118,13 @@ impl Manifest {
     /// The JSON object the witness serves: hex for hashes and keys, base64 for the
     /// signature, as in certificates.
     pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
-        let mut m = serde_json::Map::new();
-        m.insert("group".into(), self.group.clone().into());
-        m.insert("seq".into(), self.seq.into());
-        m.insert("head".into(), hex(&self.head).into());
-        m.insert("state".into(), hex(&self.state).into());
-        m.insert("size".into(), self.size.into());
-        m.insert("blake3".into(), hex(&self.blake3).into());
-        m.insert("schema_hash".into(), hex(&self.schema_hash).into());
-        m.insert("created_at".into(), self.created_at.into());
-        m.insert("witness_key".into(), hex(&self.witness_key).into());
-        let sig = base64::engine::general_purpose::STANDARD.encode(self.signature);
-        m.insert("signature".into(), sig.into());
+        let mut m = json_form::object(self);
         m.insert("object".into(), self.object_path().into());
         m
     }
 
-    /// Reads the JSON object written by [`Manifest::to_json`].
+    /// Reads the JSON object written by [`Manifest::to_json`], member by member so that
+    /// a refusal names the member at fault.
     pub fn from_json(v: &serde_json::Value) -> Result<Manifest, CertError> {
         let s = |k: &'static str| {
             v.get(k)
