@@ -333,8 +333,14 @@ async fn get_commits(
                 expiry(&claims).min(tokio::time::Instant::now() + Duration::from_secs(wait));
             let _ = tokio::time::timeout_at(until, rx.wait_for(|h| h.seq > after)).await;
         }
-        let commits = read_commits(&app, &group, after, limit).await?;
+        // The head first: every commit up to a published head is already in the
+        // history, so the page below it is complete. Read the other way round, a commit
+        // landing in between made a pull at the head look compacted (410) and sent the
+        // device into a needless bootstrap. Commits past the head are left to the next
+        // page, so that a page never runs ahead of the head it names.
         let head = group.head();
+        let mut commits = read_commits(&app, &group, after, limit).await?;
+        commits.retain(|c| c.cert.seq <= head.seq);
         if after < head.seq && commits.first().map(|c| c.cert.seq) != Some(after + 1) {
             return Err(compacted(&app, &group, after).await);
         }

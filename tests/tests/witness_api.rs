@@ -689,3 +689,55 @@ fn a_watch_stream_ends_when_its_token_expires() {
         "closed at expiry, after {took:?}"
     );
 }
+
+#[test]
+fn a_pull_at_the_head_while_commits_land_is_never_compacted() {
+    // Pulls ask for what follows the head they last saw while another client commits
+    // as fast as it can: each answer is a page (perhaps empty) that never runs ahead of
+    // the head it names, and never 410, since nothing was compacted.
+    let f = start("pull-race", &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (url, token) = (f.c.url.clone(), f.c.token.clone());
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let c = Client::new(&url, token.as_deref());
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 3000 {
+                n += 1;
+                let ((seq, head), schema) = c.head("g");
+                let cs = insert(n, "race");
+                let key = format!("race-{n}");
+                let commit = Commit {
+                    changeset: &cs,
+                    base_seq: seq,
+                    base_head: head,
+                    key: &key,
+                    schema,
+                    policy: None,
+                };
+                assert!(matches!(c.commit("g", &commit).status, 201 | 409));
+            }
+        })
+    };
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut after = 0;
+    let mut pulls = 0;
+    while Instant::now() < until {
+        let r = f.c.pull("g", after, 1000);
+        assert_eq!(r.status, 200, "pull after {after}: {:?}", r.body);
+        let head = r.body["head"]["seq"].as_u64().unwrap();
+        let commits = r.body["commits"].as_array().unwrap();
+        if let Some(last) = commits.last() {
+            let last = last["seq"].as_u64().unwrap();
+            assert!(last <= head, "a page past its head {head}: {last}");
+            after = last;
+        } else {
+            assert_eq!(head, after, "an empty page under a later head");
+        }
+        pulls += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(pulls > 50 && after > 50, "{pulls} pulls, up to seq {after}");
+}

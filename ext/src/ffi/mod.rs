@@ -95,7 +95,8 @@ pub unsafe extern "C" fn sqlite3_pdb_init(
         return SQLITE_ERROR;
     }
     API.store(p_api, Ordering::Release);
-    let result = catch_unwind(|| register(db));
+    // Safety: SQLite hands the connection it is loading into; the table is stored.
+    let result = catch_unwind(|| unsafe { register(db) });
     let message = match result {
         Ok(Ok(())) => return SQLITE_OK,
         Ok(Err(m)) => m,
@@ -108,7 +109,12 @@ pub unsafe extern "C" fn sqlite3_pdb_init(
     SQLITE_ERROR
 }
 
-fn register(db: *mut sqlite3) -> Result<(), String> {
+/// Registers every function and the `pdb_changeset_rows` module on `db`.
+///
+/// # Safety
+/// `db` must be the live connection SQLite is loading the extension into, and the
+/// API table must already be stored.
+unsafe fn register(db: *mut sqlite3) -> Result<(), String> {
     let version = call!(libversion_number());
     if version < MIN_SQLITE_VERSION {
         return Err(format!(
@@ -192,7 +198,11 @@ unsafe fn value_ref<'a>(v: *mut sqlite3_value) -> ValueRef<'a> {
     }
 }
 
-fn set_result(ctx: *mut sqlite3_context, out: Output) {
+/// Sets a function's (or a virtual table column's) result; SQLite copies it.
+///
+/// # Safety
+/// `ctx` must be the live context of the call being answered.
+unsafe fn set_result(ctx: *mut sqlite3_context, out: Output) {
     match out {
         Output::Null => call!(result_null(ctx)),
         Output::Integer(i) => call!(result_int64(ctx, i)),
@@ -214,7 +224,11 @@ fn set_result(ctx: *mut sqlite3_context, out: Output) {
     }
 }
 
-fn set_error(ctx: *mut sqlite3_context, message: &str, code: c_int) {
+/// Makes the call being answered fail with `message` and `code`.
+///
+/// # Safety
+/// `ctx` must be the live context of the call being answered.
+unsafe fn set_error(ctx: *mut sqlite3_context, message: &str, code: c_int) {
     call!(result_error(
         ctx,
         message.as_ptr() as *const c_char,
@@ -243,19 +257,22 @@ unsafe extern "C" fn function_trampoline(
         };
         (f, (f.run)(&conn, &args))
     }));
+    // Safety: `ctx` is this call's live context.
     match outcome {
-        Ok((_, Ok(out))) => set_result(ctx, out),
-        Ok((f, Err(e))) => set_error(ctx, &format!("{}: {e}", f.name), e.sqlite_code()),
-        Err(panic) => set_error(
-            ctx,
-            &format!(
-                "libpdb: internal error (panic: {}); nothing was changed",
-                panic_message(&*panic)
-            ),
-            // SQLITE_ERROR, not SQLITE_INTERNAL: hosts report it as an ordinary
-            // operational error (Python's OperationalError) that callers already handle.
-            SQLITE_ERROR,
-        ),
+        Ok((_, Ok(out))) => unsafe { set_result(ctx, out) },
+        Ok((f, Err(e))) => unsafe { set_error(ctx, &format!("{}: {e}", f.name), e.sqlite_code()) },
+        Err(panic) => unsafe {
+            set_error(
+                ctx,
+                &format!(
+                    "libpdb: internal error (panic: {}); nothing was changed",
+                    panic_message(&*panic)
+                ),
+                // SQLITE_ERROR, not SQLITE_INTERNAL: hosts report it as an ordinary
+                // operational error (Python's OperationalError) that callers already handle.
+                SQLITE_ERROR,
+            )
+        },
     }
 }
 
@@ -794,7 +811,8 @@ unsafe extern "C" fn rows_column(
         }
         // Safety: live cursor.
         let cursor = unsafe { &*(cur as *mut RowsCursorC) };
-        set_result(ctx, cursor.inner.column(col as usize));
+        // Safety: `ctx` is the live context of this xColumn call.
+        unsafe { set_result(ctx, cursor.inner.column(col as usize)) };
         SQLITE_OK
     };
     // Safety: a live cursor and its live table.
