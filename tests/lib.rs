@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use pdb_client::changeset::{self, Writer};
@@ -17,58 +16,7 @@ pub mod device;
 pub mod fake;
 pub mod witness;
 
-/// The workspace root.
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-/// Builds `package` in release mode (once per test process and package, so that tests
-/// never run against a stale artifact) and returns `target/release/<file>`.
-pub fn release_artifact(package: &'static str, file: &str) -> PathBuf {
-    static BUILT: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.contains(&package) {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "--release", "-p", package])
-            .current_dir(root());
-        // What cargo set for this test binary must not reach the build: `ring`'s build
-        // script reruns when CARGO_PKG_NAME, CARGO_MANIFEST_DIR, OUT_DIR, … differ, so
-        // the release tree would be rebuilt here and again by every plain `cargo build
-        // --release` after it (README's commands, the host tests), minutes each time.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if crate_env_var(&name) {
-                build.env_remove(&*name);
-            }
-        }
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "building {package} failed");
-        built.push(package);
-    }
-    root().join("target/release").join(file)
-}
-
-/// Whether `name` is one of the variables cargo sets for the crate it runs (not the
-/// user's own cargo settings such as CARGO_HOME or CARGO_TARGET_DIR).
-fn crate_env_var(name: &str) -> bool {
-    const EXACT: [&str; 9] = [
-        "CARGO_MANIFEST_DIR",
-        "CARGO_MANIFEST_PATH",
-        "CARGO_MANIFEST_LINKS",
-        "CARGO_CRATE_NAME",
-        "CARGO_BIN_NAME",
-        "CARGO_PRIMARY_PACKAGE",
-        "CARGO_TARGET_TMPDIR",
-        "CARGO_RUSTC_CURRENT_DIR",
-        "OUT_DIR",
-    ];
-    EXACT.contains(&name) || name.starts_with("CARGO_PKG_") || name.starts_with("CARGO_BIN_EXE_")
-}
+pub use pdb_testkit::{release_artifact, root};
 
 /// Path of the release `libpdb`.
 pub fn libpdb() -> &'static Path {
@@ -78,16 +26,7 @@ pub fn libpdb() -> &'static Path {
 
 /// Loads `libpdb` into `conn`.
 pub fn load(conn: &Connection) {
-    // Safety: loading native code is inherently unchecked; this is the library built
-    // from this workspace, loaded by its documented entry point.
-    unsafe {
-        conn.load_extension_enable()
-            .expect("enable extension loading");
-        conn.load_extension(libpdb(), Some("sqlite3_pdb_init"))
-            .expect("load libpdb");
-        conn.load_extension_disable()
-            .expect("disable extension loading");
-    }
+    pdb_testkit::load_pdb(conn, libpdb()).expect("load libpdb");
 }
 
 /// An in-memory database with `libpdb` loaded.

@@ -1,146 +1,24 @@
-//! Harness for tests that need a real witness: starts `pdb-witness serve` as a child
-//! process on a free loopback port, and talks to it over real HTTP.
+//! Harness for tests that need a real witness: the process comes from `pdb-testkit`
+//! (re-exported here), and the tests talk to it over real HTTP.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use pdb_client::cert::{parse_hash, Hash};
 use rusqlite::Connection;
 use serde_json::Value;
 
-/// Path of the release `pdb-witness`.
-pub fn witness_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| crate::release_artifact("pdb-witness", "pdb-witness"))
-}
+pub use pdb_testkit::witness::{token, witness_bin, WitnessProc};
 
-/// A running `pdb-witness serve`.
-pub struct WitnessProc {
-    child: Child,
-    /// `http://127.0.0.1:PORT`.
-    pub url: String,
-    /// The admin token it printed (`*`: admin), if it issues tokens itself.
-    pub admin: Option<String>,
-    /// Its certificate signing key.
-    pub key: [u8; 32],
-    /// Its data directory.
-    pub data: PathBuf,
-}
-
-impl WitnessProc {
-    /// Starts a witness on `data` with default settings.
-    pub fn start(data: &Path) -> WitnessProc {
-        Self::start_with(data, &[], &[])
-    }
-
-    /// Starts a witness with extra `serve` arguments and environment variables, and
-    /// waits until it listens.
-    pub fn start_with(data: &Path, args: &[&str], envs: &[(&str, &str)]) -> WitnessProc {
-        Self::start_at(data, "127.0.0.1:0", args, envs)
-    }
-
-    /// Starts a witness listening on `listen` (a restart on the same address, so that
-    /// devices find it where they left it).
-    pub fn start_at(
-        data: &Path,
-        listen: &str,
-        args: &[&str],
-        envs: &[(&str, &str)],
-    ) -> WitnessProc {
-        let mut cmd = Command::new(witness_bin());
-        cmd.args(["serve", "--listen", listen, "--data"])
-            .arg(data)
-            .args(args)
-            .env("PDB_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn pdb-witness");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let (mut url, mut admin, mut key) = (None, None, None);
-        while url.is_none() {
-            let Some(Ok(line)) = lines.next() else {
-                let status = child.wait().expect("wait");
-                panic!("pdb-witness exited before listening: {status}");
-            };
-            if let Some(v) = line.strip_prefix("listening: ") {
-                url = Some(v.to_string());
-            } else if let Some(v) = line.strip_prefix("admin token: ") {
-                admin = Some(v.to_string());
-            } else if let Some(v) = line.strip_prefix("witness key: ") {
-                key = parse_hash(v);
-            }
-        }
-        WitnessProc {
-            child,
-            url: url.expect("url"),
-            admin,
-            key: key.expect("witness key printed"),
-            data: data.to_path_buf(),
-        }
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Kills the process with SIGKILL (no chance to clean up) and reaps it.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Asks the process to stop (SIGTERM) and waits for it.
-    pub fn stop(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        self.child.wait().expect("wait for pdb-witness")
-    }
-
+/// What only the tests do with a witness process.
+pub trait WitnessClient {
     /// A client with the admin token.
-    pub fn admin_client(&self) -> Client {
+    fn admin_client(&self) -> Client;
+}
+
+impl WitnessClient for WitnessProc {
+    fn admin_client(&self) -> Client {
         Client::new(&self.url, self.admin.as_deref())
     }
-
-    /// Issues a token with `pdb-witness token` from the data directory's secret.
-    pub fn token(&self, sub: &str, group: &str, role: &str, ttl: i64) -> String {
-        token(&self.data, sub, group, role, ttl)
-    }
-}
-
-impl Drop for WitnessProc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Issues a token signed with the `jwt.secret` of the data directory `data`.
-pub fn token(data: &Path, sub: &str, group: &str, role: &str, ttl: i64) -> String {
-    let out = Command::new(witness_bin())
-        .args([
-            "token", "--sub", sub, "--group", group, "--role", role, "--ttl",
-        ])
-        .arg(ttl.max(0).to_string())
-        .arg("--data")
-        .arg(data)
-        .output()
-        .expect("run pdb-witness token");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf8")
-        .trim()
-        .to_string()
 }
 
 /// An HTTP response: status and body (JSON when it parses, else a string).

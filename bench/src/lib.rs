@@ -1,8 +1,15 @@
-//! What the benchmarks share: machine facts printed with every run, and the verdicts.
+//! What the benchmarks share: machine facts printed with every run, the verdicts, and a
+//! scratch witness (the process itself is `pdb-testkit`'s, shared with the tests).
 
+use std::path::Path;
 use std::process::exit;
 
+use pdb_client::cert::{parse_hash, Hash};
+use pdb_testkit::{fresh_dir, WitnessProc};
+
 pub mod workload;
+
+pub use pdb_testkit::{load_pdb, prebuilt_artifact};
 
 /// The error type of the benchmark programs.
 pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -82,19 +89,58 @@ pub fn env_num<T: std::str::FromStr>(name: &str, default: T) -> Res<T> {
     }
 }
 
-/// Loads this workspace's `libpdb` into `conn`.
-pub fn load_pdb(conn: &rusqlite::Connection, lib: &std::path::Path) -> Res<()> {
-    // SAFETY: the library is this workspace's own extension, built for this SQLite API.
-    unsafe {
-        conn.load_extension_enable()?;
-        conn.load_extension(lib, Some("sqlite3_pdb_init"))?;
+/// A witness on a fresh data directory `data`, started from `bin` with extra `serve`
+/// arguments; the directory goes with it when it is dropped.
+pub fn scratch_witness(bin: &Path, data: &Path, args: &[&str]) -> Res<WitnessProc> {
+    fresh_dir(data)?;
+    Ok(WitnessProc::spawn(bin, data, "127.0.0.1:0", args, &[])?.removing_data())
+}
+
+/// A request to `w` with its admin token: `(status, body)`.
+pub fn admin_request(
+    w: &WitnessProc,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Res<(u16, String)> {
+    // A runtime per call: the benchmarks that use this are synchronous, and call it
+    // only to set a group up, outside what they measure.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let admin = w.admin_token()?;
+    Ok(rt.block_on(async {
+        let mut req = reqwest::Client::new()
+            .request(method, format!("{}{path}", w.url))
+            .bearer_auth(admin);
+        if let Some(b) = &body {
+            req = req.json(b);
+        }
+        let resp = req.send().await?;
+        Ok::<_, reqwest::Error>((resp.status().as_u16(), resp.text().await?))
+    })?)
+}
+
+/// `PUT /v1/groups/{group}` with `ddl` on `w`; returns the group's schema hash.
+pub fn create_group(w: &WitnessProc, group: &str, ddl: &str) -> Res<Hash> {
+    let (status, body) = admin_request(
+        w,
+        reqwest::Method::PUT,
+        &format!("/v1/groups/{group}"),
+        Some(serde_json::json!({ "ddl": ddl })),
+    )?;
+    if status != 201 {
+        return Err(format!("creating group {group}: HTTP {status}: {body}").into());
     }
-    conn.load_extension_disable()?;
-    Ok(())
+    let info: serde_json::Value = serde_json::from_str(&body)?;
+    info.get("schema_hash")
+        .and_then(serde_json::Value::as_str)
+        .and_then(parse_hash)
+        .ok_or_else(|| format!("group {group}: no schema_hash in {body}").into())
 }
 
 /// Removes a database file and its WAL companions.
-pub fn remove_db(path: &std::path::Path) {
+pub fn remove_db(path: &Path) {
     for suffix in ["", "-wal", "-shm"] {
         let mut p = path.as_os_str().to_owned();
         p.push(suffix);

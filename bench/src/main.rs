@@ -43,13 +43,10 @@ fn usage() -> ! {
 }
 
 fn parse_opts() -> Opts {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("bench crate lives inside the workspace");
     let mut opts = Opts {
         rows: 100_000,
         reps: 5,
-        lib: root.join("target/release/libpdb.so"),
+        lib: pdb_testkit::root().join("target/release/libpdb.so"),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {

@@ -72,7 +72,7 @@ use pdb_client::changeset::{invert, parse};
 use pdb_client::rows::{key_bytes, key_columns, key_of, key_to_json, Row, Rows};
 use pdb_client::schema::TableInfo;
 use pdb_client::sync::config::{self, Config};
-use pdb_client::sync::rebase::integrate;
+use pdb_client::sync::rebase::{integrate, survived};
 use pdb_client::sync::strategy::{self, Strategy};
 use pdb_client::transport::Pulled;
 use pdb_client::value::decode_field;
@@ -672,23 +672,6 @@ impl Target {
             );
         }
         db.execute_batch("ROLLBACK").expect("ROLLBACK");
-    }
-}
-
-/// Rebase's own test of whether the local write B → L survives in `kept`
-/// (`client/src/sync/rebase.rs`, `survived`): the row is there if and only if L has
-/// it, and every column the write changed (against an all-NULL B for an insert) has
-/// L's value.
-fn survived(base: Option<&Row>, local: Option<&Row>, kept: Option<&Row>) -> bool {
-    match (local, kept) {
-        (None, None) => true,
-        (Some(l), Some(k)) => (0..l.len()).all(|i| {
-            let changed = base.map_or(!matches!(l[i], Value::Null), |b| {
-                !b[i].as_ref().same(l[i].as_ref())
-            });
-            !changed || k[i].as_ref().same(l[i].as_ref())
-        }),
-        _ => false,
     }
 }
 

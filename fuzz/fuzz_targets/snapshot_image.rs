@@ -58,13 +58,13 @@ use libfuzzer_sys::fuzz_target;
 use pdb_client::apply::{apply, OnConflict};
 use pdb_client::cert::{genesis, hex, next_head, Certificate, Hash};
 use pdb_client::changeset::invert;
-use pdb_client::rows::key_to_json;
+use pdb_client::rows::{key_to_json, Row};
 use pdb_client::schema::{quote, schema_hash, table_info_in, TableInfo};
 use pdb_client::snapshot::Manifest;
 use pdb_client::state::StateVector;
 use pdb_client::sync::bootstrap::install_attached;
 use pdb_client::sync::config::{self, Config};
-use pdb_client::sync::rebase::SNAPSHOT_SCHEMA;
+use pdb_client::sync::rebase::{survived, SNAPSHOT_SCHEMA};
 use pdb_client::{capture, history, queue, Value};
 use pdb_fuzz::{
     dump, dump_queries, encode_row, error_kind, from_rusqlite, open, restore, show, show_statement,
@@ -499,21 +499,22 @@ impl Target {
             assert_eq!(conflicts, 0, "{ctx}: conflicts on the bare device");
             return;
         }
-        // No lost write: (1, 'local') is there as written, or in pdb_conflicts.
-        let now: Option<(Value, Value)> = db
+        // No lost write: (1, 'local') is there as written, or in pdb_conflicts. As
+        // written by rebase's own rule: an insert, so against no base row.
+        let now: Option<Row> = db
             .query_row("SELECT id, v FROM main.t WHERE id = ?1", [LOCAL_ID], |r| {
-                Ok((
+                Ok(vec![
                     from_rusqlite(r.get_ref(0)?).to_owned(),
                     from_rusqlite(r.get_ref(1)?).to_owned(),
-                ))
+                ])
             })
             .optional()
             .expect("read the local row");
-        let survived = now.as_ref().is_some_and(|(id, v)| {
-            id.as_ref().same(Value::Integer(LOCAL_ID).as_ref())
-                && v.as_ref()
-                    .same(Value::Text(LOCAL_V.as_bytes().to_vec()).as_ref())
-        });
+        let local: Row = vec![
+            Value::Integer(LOCAL_ID),
+            Value::Text(LOCAL_V.as_bytes().to_vec()),
+        ];
+        let survived = survived(None, Some(&local), now.as_ref());
         if !survived {
             let pk = key_to_json(&[Value::Integer(LOCAL_ID)]).to_string();
             let recorded: Option<i64> = db

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use pdb_tests::device::Device;
-use pdb_tests::witness::WitnessProc;
+use pdb_tests::witness::{WitnessClient, WitnessProc};
 use rusqlite::types::Value;
 use serde_json::Value as Json;
 

@@ -63,7 +63,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use pdb_tests::device::Device;
-use pdb_tests::witness::{changeset_of, WitnessProc};
+use pdb_tests::witness::{changeset_of, WitnessClient, WitnessProc};
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags};

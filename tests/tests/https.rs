@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pdb_tests::device::Device;
-use pdb_tests::witness::WitnessProc;
+use pdb_tests::witness::{WitnessClient, WitnessProc};
 
 const DDL: &str = "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)";
 

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use pdb_tests::device::Device;
-use pdb_tests::witness::WitnessProc;
+use pdb_tests::witness::{WitnessClient, WitnessProc};
 use rusqlite::types::Value;
 use serde_json::json;
 

@@ -24,7 +24,7 @@ use pdb_client::cert::{self, Certificate, Hash};
 use pdb_client::schema::{self, TableInfo};
 use pdb_client::state::{self, StateVector};
 use pdb_client::Value as CValue;
-use pdb_tests::witness::{Commit, WitnessProc};
+use pdb_tests::witness::{Commit, WitnessClient, WitnessProc};
 use pdb_tests::{canonical, session_apply, to_client};
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use pdb_client::cert::{genesis, hex, Certificate, Hash};
-use pdb_tests::witness::{changeset_of, record, Client, Commit, Reply, WitnessProc};
+use pdb_tests::witness::{changeset_of, record, Client, Commit, Reply, WitnessClient, WitnessProc};
 use rusqlite::Connection;
 use serde_json::Value;
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use pdb_client::cert::{genesis, hex, parse_hash, Certificate, Hash};
 use pdb_client::state::StateVector;
-use pdb_tests::witness::{changeset_of, record, Client, Commit, WitnessProc};
+use pdb_tests::witness::{changeset_of, record, Client, Commit, WitnessClient, WitnessProc};
 use pdb_tests::{dump, session_apply, to_client};
 use rusqlite::Connection;
 use serde_json::Value;

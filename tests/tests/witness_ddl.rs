@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use pdb_tests::witness::{record, Client, Commit, Reply, WitnessProc};
+use pdb_tests::witness::{record, Client, Commit, Reply, WitnessClient, WitnessProc};
 use rusqlite::{Connection, OpenFlags};
 
 const DDL: &str = "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)";

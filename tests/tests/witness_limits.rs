@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use pdb_client::cert::hex;
-use pdb_tests::witness::{record, Client, Commit, WitnessProc};
+use pdb_tests::witness::{record, Client, Commit, WitnessClient, WitnessProc};
 use serde_json::Value;
 
 const DDL: &str = "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)";

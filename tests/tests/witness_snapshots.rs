@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use pdb_client::cert::{genesis, hex, parse_hash, Certificate, Hash};
 use pdb_client::snapshot::Manifest;
 use pdb_client::state::StateVector;
-use pdb_tests::witness::{changeset_of, record, Client, Commit, RawReply, Reply, WitnessProc};
+use pdb_tests::witness::{
+    changeset_of, record, Client, Commit, RawReply, Reply, WitnessClient, WitnessProc,
+};
 use rusqlite::Connection;
 use serde_json::Value;
 

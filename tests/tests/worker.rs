@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pdb_tests::device::Device;
-use pdb_tests::witness::WitnessProc;
+use pdb_tests::witness::{WitnessClient, WitnessProc};
 use rusqlite::types::Value;
 use serde_json::json;
 

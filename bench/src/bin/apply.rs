@@ -9,8 +9,11 @@
 use pdb_bench::workload::{
     count_changes, dump, record, Initial, Rng, DDL, INITIAL_NOTES, INITIAL_PAIRS, SEED,
 };
-use pdb_bench::{env_num, load_pdb, loadavg, median, print_machine, remove_db, run, verdict, Res};
-use std::path::{Path, PathBuf};
+use pdb_bench::{
+    env_num, load_pdb, loadavg, median, prebuilt_artifact, print_machine, remove_db, run, verdict,
+    Res,
+};
+use std::path::Path;
 use std::time::Instant;
 
 use rusqlite::session::ConflictAction;
@@ -128,20 +131,7 @@ fn bench() -> Res<()> {
     if commits == 0 || per == 0 || reps == 0 {
         return Err("PDB_APPLY_COMMITS, PDB_APPLY_CHANGES and PDB_APPLY_REPS must be > 0".into());
     }
-    let lib = match std::env::var_os("PDB_LIB") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("bench crate lives inside the workspace")
-            .join("target/release/libpdb.so"),
-    };
-    if !lib.exists() {
-        return Err(format!(
-            "{} not found; run `cargo build --release -p pdb` first or set PDB_LIB",
-            lib.display()
-        )
-        .into());
-    }
+    let lib = prebuilt_artifact("PDB_LIB", "pdb", "libpdb.so")?;
     let pdb_version: String = {
         let conn = Connection::open_in_memory()?;
         load_pdb(&conn, &lib)?;

@@ -60,15 +60,19 @@
 //! `PDB_WITNESS_BIN` (default the release builds).
 
 use pdb_bench::workload::Rng;
-use pdb_bench::{env_num, load_pdb, loadavg, median, print_machine, remove_db, run, verdict, Res};
-use std::io::{BufRead, BufReader, Read, Write};
+use pdb_bench::{
+    admin_request, create_group, env_num, load_pdb, loadavg, median, prebuilt_artifact,
+    print_machine, remove_db, run, scratch_witness, verdict, Res,
+};
+use pdb_testkit::WitnessProc;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pdb_client::cert::{hex, parse_hash};
+use pdb_client::cert::hex;
 use rusqlite::{params, Connection};
 use serde_json::Value;
 
@@ -85,8 +89,16 @@ const DDL: &str = "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL
                    n INTEGER, x REAL);\nCREATE INDEX items_n ON items(n);";
 /// Seed of the rows, so every run writes the same group.
 const SEED: u64 = 0x5044_4253_4e41_5053;
-/// The witness's largest request body: a commit of 10,000 rows is ~2.5 MB.
-const MAX_BODY: usize = 64 << 20;
+/// The witness's `serve` settings: snapshots only when asked (the benchmark times its
+/// own), and a largest request body of 64 MiB (a commit of 10,000 rows is ~2.5 MB).
+const SERVE_ARGS: [&str; 6] = [
+    "--snapshot-commits",
+    "0",
+    "--snapshot-bytes",
+    "0",
+    "--max-body",
+    "67108864",
+];
 /// The physical reference's read size.
 const CHUNK: usize = 1 << 20;
 /// How often the phase-timed run polls `pdb_status()`.
@@ -106,14 +118,9 @@ struct Settings {
 }
 
 fn settings() -> Res<Settings> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("bench crate lives inside the workspace");
     let s = Settings {
-        lib: std::env::var_os("PDB_LIB")
-            .map_or_else(|| root.join("target/release/libpdb.so"), PathBuf::from),
-        bin: std::env::var_os("PDB_WITNESS_BIN")
-            .map_or_else(|| root.join("target/release/pdb-witness"), PathBuf::from),
+        lib: prebuilt_artifact("PDB_LIB", "pdb", "libpdb.so")?,
+        bin: prebuilt_artifact("PDB_WITNESS_BIN", "pdb-witness", "pdb-witness")?,
         dir: std::env::var_os("PDB_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from),
         rows: env_num("PDB_SNAP_ROWS", 1_000_000)?,
         commit_rows: env_num("PDB_SNAP_COMMIT_ROWS", 10_000)?,
@@ -126,146 +133,24 @@ fn settings() -> Res<Settings> {
     if s.rows == 0 || s.commit_rows == 0 || s.sync_every == 0 || s.reps == 0 || s.replay_reps == 0 {
         return Err("PDB_SNAP_* sizes and repetitions must be > 0".into());
     }
-    for (path, build) in [(&s.lib, "pdb"), (&s.bin, "pdb-witness")] {
-        if !path.exists() {
-            return Err(format!(
-                "{} not found; run `cargo build --release -p {build}` first",
-                path.display()
-            )
-            .into());
-        }
-    }
     Ok(s)
 }
 
 // ---------------------------------------------------------------------------------
 // The witness, devices and /proc
 
-/// A running `pdb-witness serve` on its own data directory; killed and removed on drop.
-struct Witness {
-    child: Child,
-    bin: PathBuf,
-    url: String,
-    admin: String,
-    key: String,
-    data: PathBuf,
-}
-
-impl Witness {
-    fn start(bin: &Path, data: PathBuf) -> Res<Witness> {
-        let _ = std::fs::remove_dir_all(&data);
-        std::fs::create_dir_all(&data)?;
-        let mut child = Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(&data)
-            .args(["--snapshot-commits", "0", "--snapshot-bytes", "0"])
-            .args(["--max-body", &MAX_BODY.to_string()])
-            .env("PDB_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        let (mut url, mut admin, mut key) = (None, None, None);
-        while url.is_none() {
-            let Some(Ok(line)) = lines.next() else {
-                let status = child.wait()?;
-                return Err(format!("pdb-witness exited before listening: {status}").into());
-            };
-            if let Some(v) = line.strip_prefix("listening: ") {
-                url = Some(v.trim().to_string());
-            } else if let Some(v) = line.strip_prefix("admin token: ") {
-                admin = Some(v.trim().to_string());
-            } else if let Some(v) = line.strip_prefix("witness key: ") {
-                key = parse_hash(v.trim()).map(|k| hex(&k));
-            }
-        }
-        let mut w = Witness {
-            child,
-            bin: bin.to_path_buf(),
-            url: url.expect("loop ends with a url"),
-            admin: String::new(),
-            key: String::new(),
-            data,
-        };
-        w.admin = admin.ok_or("pdb-witness printed no admin token")?;
-        w.key = key.ok_or("pdb-witness printed no witness key")?;
-        Ok(w)
+/// `POST /v1/groups/bench/snapshots`: the manifest of a snapshot at the head.
+fn snapshot(w: &WitnessProc) -> Res<Value> {
+    let (status, body) = admin_request(
+        w,
+        reqwest::Method::POST,
+        &format!("/v1/groups/{GROUP}/snapshots"),
+        None,
+    )?;
+    if status != 201 {
+        return Err(format!("POST snapshot: HTTP {status}: {body}").into());
     }
-
-    /// A token from `pdb-witness token` (the data directory's secret).
-    fn token(&self, sub: &str, role: &str) -> Res<String> {
-        let out = Command::new(&self.bin)
-            .args(["token", "--sub", sub, "--group", GROUP, "--role", role])
-            .args(["--ttl", "7200", "--data"])
-            .arg(&self.data)
-            .output()?;
-        if !out.status.success() {
-            return Err(format!(
-                "pdb-witness token: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-            .into());
-        }
-        Ok(String::from_utf8(out.stdout)?.trim().to_string())
-    }
-
-    /// An admin request to the witness: `(status, body)`.
-    fn admin_request(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Res<(u16, String)> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        Ok(rt.block_on(async {
-            let mut req = reqwest::Client::new()
-                .request(method, format!("{}{path}", self.url))
-                .bearer_auth(&self.admin);
-            if let Some(b) = &body {
-                req = req.json(b);
-            }
-            let resp = req.send().await?;
-            Ok::<_, reqwest::Error>((resp.status().as_u16(), resp.text().await?))
-        })?)
-    }
-
-    /// `PUT /v1/groups/bench`.
-    fn create_group(&self) -> Res<()> {
-        let (status, body) = self.admin_request(
-            reqwest::Method::PUT,
-            &format!("/v1/groups/{GROUP}"),
-            Some(serde_json::json!({ "ddl": DDL })),
-        )?;
-        if status != 201 {
-            return Err(format!("creating group {GROUP}: HTTP {status}: {body}").into());
-        }
-        Ok(())
-    }
-
-    /// `POST /v1/groups/bench/snapshots`: the manifest of a snapshot at the head.
-    fn snapshot(&self) -> Res<Value> {
-        let (status, body) = self.admin_request(
-            reqwest::Method::POST,
-            &format!("/v1/groups/{GROUP}/snapshots"),
-            None,
-        )?;
-        if status != 201 {
-            return Err(format!("POST snapshot: HTTP {status}: {body}").into());
-        }
-        Ok(serde_json::from_str(&body)?)
-    }
-}
-
-impl Drop for Witness {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.data);
-    }
+    Ok(serde_json::from_str(&body)?)
 }
 
 /// A JSON-returning SQL function call, parsed.
@@ -332,10 +217,10 @@ struct Fill {
 }
 
 /// The writer device: inserts the rows a commit at a time and syncs every few commits.
-fn fill(s: &Settings, w: &Witness, dir: &Path) -> Res<Fill> {
+fn fill(s: &Settings, w: &WitnessProc, dir: &Path) -> Res<Fill> {
     let db = dir.join("writer.db");
     remove_device(&db);
-    let token = w.token("writer", "write")?;
+    let token = w.try_token("writer", GROUP, "write", 7200)?;
     let conn = Connection::open(&db)?;
     conn.busy_timeout(Duration::from_secs(30))?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -348,7 +233,7 @@ fn fill(s: &Settings, w: &Witness, dir: &Path) -> Res<Fill> {
     conn.query_row("SELECT pdb_track('items')", [], |_| Ok(()))?;
     conn.query_row(
         "SELECT pdb_open(?1, ?2, ?3, ?4)",
-        params![w.url, GROUP, token, w.key],
+        params![w.url, GROUP, token, w.key_hex()],
         |_| Ok(()),
     )?;
     let mut rng = Rng(SEED);
@@ -827,11 +712,12 @@ fn bench() -> Res<()> {
     print_machine();
     println!(
         "sqlite {} (rusqlite bundled); libpdb {} ({}); witness {} on 127.0.0.1 \
-         (--snapshot-commits 0 --snapshot-bytes 0 --max-body {MAX_BODY}); files in {} ({})",
+         ({}); files in {} ({})",
         rusqlite::version(),
         pdb_version,
         s.lib.display(),
         s.bin.display(),
+        SERVE_ARGS.join(" "),
         s.dir.display(),
         fs_type(&s.dir)
     );
@@ -854,8 +740,8 @@ fn bench() -> Res<()> {
 }
 
 fn measure(s: &Settings, dir: &Path) -> Res<bool> {
-    let w = Witness::start(&s.bin, dir.join("witness"))?;
-    w.create_group()?;
+    let w = scratch_witness(&s.bin, &dir.join("witness"), &SERVE_ARGS)?;
+    create_group(&w, GROUP, DDL)?;
     let f = fill(s, &w, dir)?;
     println!();
     println!(
@@ -872,11 +758,12 @@ fn measure(s: &Settings, dir: &Path) -> Res<bool> {
         f.replica_mb,
         loadavg()
     );
-    let token = w.token("device", "read")?;
+    let token = w.try_token("device", GROUP, "read", 7200)?;
+    let key = w.key_hex();
     let mut job = Job {
         url: &w.url,
         token: &token,
-        key: &w.key,
+        key: &key,
         head_seq: f.commits as u64,
         snapshot_seq: 0,
         rows: s.rows,
@@ -897,7 +784,7 @@ fn measure(s: &Settings, dir: &Path) -> Res<bool> {
 
     // The snapshot.
     let t = Instant::now();
-    let m = w.snapshot()?;
+    let m = snapshot(&w)?;
     let snap_secs = t.elapsed().as_secs_f64();
     let seq = m["seq"]
         .as_u64()

@@ -46,15 +46,18 @@
 //! temp directory), `PDB_LIB`, `PDB_WITNESS_BIN` (default the release builds).
 
 use pdb_bench::workload::{self, Initial, Rng};
-use pdb_bench::{env_num, load_pdb, loadavg, median, print_machine, remove_db, run, verdict, Res};
+use pdb_bench::{
+    create_group, env_num, load_pdb, loadavg, median, prebuilt_artifact, print_machine, remove_db,
+    run, scratch_witness, verdict, Res,
+};
+use pdb_testkit::WitnessProc;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pdb_client::apply::OnConflict;
-use pdb_client::cert::{hex, parse_hash, Hash};
+use pdb_client::cert::Hash;
 use pdb_client::rows::{key_bytes, key_columns, key_of, Row, Rows};
 use pdb_client::sync::{config, rebase};
 use pdb_client::transport::{Pulled, Remote, Submission};
@@ -100,14 +103,9 @@ struct Settings {
 }
 
 fn settings() -> Res<Settings> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("bench crate lives inside the workspace");
     let s = Settings {
-        lib: std::env::var_os("PDB_LIB")
-            .map_or_else(|| root.join("target/release/libpdb.so"), PathBuf::from),
-        bin: std::env::var_os("PDB_WITNESS_BIN")
-            .map_or_else(|| root.join("target/release/pdb-witness"), PathBuf::from),
+        lib: prebuilt_artifact("PDB_LIB", "pdb", "libpdb.so")?,
+        bin: prebuilt_artifact("PDB_WITNESS_BIN", "pdb-witness", "pdb-witness")?,
         dir: std::env::var_os("PDB_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from),
         parts: std::env::var("PDB_SYNC_PARTS").unwrap_or_else(|_| "123".into()),
         latency_n: env_num("PDB_SYNC_LATENCY_N", 300)?,
@@ -128,121 +126,11 @@ fn settings() -> Res<Settings> {
     {
         return Err("PDB_SYNC_* sizes must be > 0 (PDB_SYNC_HISTORY_COMMIT_KB >= 1)".into());
     }
-    for (path, build) in [(&s.lib, "pdb"), (&s.bin, "pdb-witness")] {
-        if !path.exists() {
-            return Err(format!(
-                "{} not found; run `cargo build --release -p {build}` first",
-                path.display()
-            )
-            .into());
-        }
-    }
     Ok(s)
 }
 
 // ---------------------------------------------------------------------------------
 // The witness, devices and /proc
-
-/// A running `pdb-witness serve` on its own data directory; killed and removed on drop.
-struct Witness {
-    child: Child,
-    bin: PathBuf,
-    url: String,
-    admin: String,
-    key: String,
-    data: PathBuf,
-}
-
-impl Witness {
-    fn start(bin: &Path, data: PathBuf) -> Res<Witness> {
-        let _ = std::fs::remove_dir_all(&data);
-        std::fs::create_dir_all(&data)?;
-        let mut child = Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(&data)
-            .env("PDB_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        let (mut url, mut admin, mut key) = (None, None, None);
-        while url.is_none() {
-            let Some(Ok(line)) = lines.next() else {
-                let status = child.wait()?;
-                return Err(format!("pdb-witness exited before listening: {status}").into());
-            };
-            if let Some(v) = line.strip_prefix("listening: ") {
-                url = Some(v.trim().to_string());
-            } else if let Some(v) = line.strip_prefix("admin token: ") {
-                admin = Some(v.trim().to_string());
-            } else if let Some(v) = line.strip_prefix("witness key: ") {
-                key = parse_hash(v.trim()).map(|k| hex(&k));
-            }
-        }
-        let mut w = Witness {
-            child,
-            bin: bin.to_path_buf(),
-            url: url.expect("loop ends with a url"),
-            admin: String::new(),
-            key: String::new(),
-            data,
-        };
-        w.admin = admin.ok_or("pdb-witness printed no admin token")?;
-        w.key = key.ok_or("pdb-witness printed no witness key")?;
-        Ok(w)
-    }
-
-    /// A token from `pdb-witness token` (the data directory's secret).
-    fn token(&self, sub: &str, group: &str, role: &str) -> Res<String> {
-        let out = Command::new(&self.bin)
-            .args(["token", "--sub", sub, "--group", group, "--role", role])
-            .args(["--ttl", "3600", "--data"])
-            .arg(&self.data)
-            .output()?;
-        if !out.status.success() {
-            return Err(format!(
-                "pdb-witness token: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-            .into());
-        }
-        Ok(String::from_utf8(out.stdout)?.trim().to_string())
-    }
-
-    /// `PUT /v1/groups/{group}` with the admin token; returns the group's schema hash.
-    fn create_group(&self, group: &str, ddl: &str) -> Res<Hash> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (status, body) = rt.block_on(async {
-            let resp = reqwest::Client::new()
-                .put(format!("{}/v1/groups/{group}", self.url))
-                .bearer_auth(&self.admin)
-                .json(&serde_json::json!({ "ddl": ddl }))
-                .send()
-                .await?;
-            Ok::<_, reqwest::Error>((resp.status().as_u16(), resp.text().await?))
-        })?;
-        if status != 201 {
-            return Err(format!("creating group {group}: HTTP {status}: {body}").into());
-        }
-        let info: Value = serde_json::from_str(&body)?;
-        info.get("schema_hash")
-            .and_then(Value::as_str)
-            .and_then(parse_hash)
-            .ok_or_else(|| format!("group {group}: no schema_hash in {body}").into())
-    }
-}
-
-impl Drop for Witness {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.data);
-    }
-}
 
 /// Sends commits to one group in order, each on the head the previous one made.
 struct Pusher {
@@ -253,8 +141,8 @@ struct Pusher {
 }
 
 impl Pusher {
-    fn new(w: &Witness, group: &str, schema: Hash) -> Res<Pusher> {
-        let token = w.token("loader", group, "write")?;
+    fn new(w: &WitnessProc, group: &str, schema: Hash) -> Res<Pusher> {
+        let token = w.try_token("loader", group, "write", 3600)?;
         Ok(Pusher {
             remote: Remote::new(&w.url, group, &token)?,
             schema,
@@ -386,14 +274,18 @@ fn latency(s: &Settings) -> Res<Latency> {
     let dir = s
         .dir
         .join(format!("pdb-bench-sync-{}-lat", std::process::id()));
-    let w = Witness::start(&s.bin, dir.join("witness"))?;
-    w.create_group("lat", LAT_DDL)?;
-    let (ta, tb) = (w.token("a", "lat", "write")?, w.token("b", "lat", "write")?);
+    let w = scratch_witness(&s.bin, &dir.join("witness"), &[])?;
+    create_group(&w, "lat", LAT_DDL)?;
+    let (ta, tb) = (
+        w.try_token("a", "lat", "write", 3600)?,
+        w.try_token("b", "lat", "write", 3600)?,
+    );
+    let key = w.key_hex();
     let target = |token| Target {
         url: &w.url,
         group: "lat",
         token,
-        key: &w.key,
+        key: &key,
     };
     let a = open_device(&dir.join("a.db"), &s.lib, LAT_DDL, &["t"], &target(&ta))?;
     let b = open_device(&dir.join("b.db"), &s.lib, LAT_DDL, &["t"], &target(&tb))?;
@@ -514,8 +406,8 @@ fn history(s: &Settings) -> Res<History> {
     let dir = s
         .dir
         .join(format!("pdb-bench-sync-{}-hist", std::process::id()));
-    let w = Witness::start(&s.bin, dir.join("witness"))?;
-    let schema = w.create_group("hist", HIST_DDL)?;
+    let w = scratch_witness(&s.bin, &dir.join("witness"), &[])?;
+    let schema = create_group(&w, "hist", HIST_DDL)?;
     let mut pusher = Pusher::new(&w, "hist", schema)?;
     let commit_bytes = (s.history_commit_kb * 1000.0) as usize;
     let commits = ((s.history_mb * 1e6) / commit_bytes as f64)
@@ -551,7 +443,7 @@ fn history(s: &Settings) -> Res<History> {
     let fill_secs = t.elapsed().as_secs_f64();
     drop(src);
 
-    let token = w.token("puller", "hist", "read")?;
+    let token = w.try_token("puller", "hist", "read", 3600)?;
     let db = dir.join("puller.db");
     let exe = std::env::current_exe()?;
     let out = Command::new(exe)
@@ -559,7 +451,7 @@ fn history(s: &Settings) -> Res<History> {
         .env("PDB_SYNC_CHILD_DB", &db)
         .env("PDB_SYNC_CHILD_URL", &w.url)
         .env("PDB_SYNC_CHILD_TOKEN", &token)
-        .env("PDB_SYNC_CHILD_KEY", &w.key)
+        .env("PDB_SYNC_CHILD_KEY", w.key_hex())
         .env("PDB_SYNC_CHILD_SEQ", commits.to_string())
         .env("PDB_LIB", &s.lib)
         .stderr(Stdio::inherit())
@@ -932,8 +824,8 @@ fn apply_bench(s: &Settings) -> Res<ApplyRun> {
     let dir = s
         .dir
         .join(format!("pdb-bench-sync-{}-apply", std::process::id()));
-    let w = Witness::start(&s.bin, dir.join("witness"))?;
-    let schema = w.create_group("apply", workload::DDL)?;
+    let w = scratch_witness(&s.bin, &dir.join("witness"), &[])?;
+    let schema = create_group(&w, "apply", workload::DDL)?;
     let mut rng = Rng(workload::SEED);
     let init = Initial::generate(&mut rng);
     let (changesets, source) = workload::record(&init, &mut rng, s.apply_commits, s.apply_changes)?;
@@ -942,12 +834,13 @@ fn apply_bench(s: &Settings) -> Res<ApplyRun> {
 
     // The template device: everything up to the initial rows, pulled as a device would.
     let template = dir.join("template.db");
-    let token = w.token("device", "apply", "read")?;
+    let token = w.try_token("device", "apply", "read", 3600)?;
+    let key = w.key_hex();
     let target = Target {
         url: &w.url,
         group: "apply",
         token: &token,
-        key: &w.key,
+        key: &key,
     };
     {
         let t = open_device(

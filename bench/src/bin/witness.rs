@@ -44,14 +44,16 @@
 //! system temp directory), `PDB_WITNESS_BIN` (default `<workspace>/target/release/
 //! pdb-witness`).
 
-use pdb_bench::{env_num, fail, loadavg, print_machine, run, verdict, Res};
+use pdb_bench::{env_num, fail, loadavg, prebuilt_artifact, print_machine, run, verdict, Res};
+use pdb_testkit::WitnessProc;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pdb_client::cert::hex;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value;
 
@@ -81,28 +83,17 @@ struct Settings {
 }
 
 fn settings() -> Res<Settings> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("bench crate lives inside the workspace");
     let s = Settings {
         secs: env_num("PDB_BENCH_SECS", 10.0)?,
         warmup: env_num("PDB_BENCH_WARMUP", 2.0)?,
         threads: env_num("PDB_BENCH_THREADS", 1)?,
         dir: std::env::var_os("PDB_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from),
-        bin: std::env::var_os("PDB_WITNESS_BIN")
-            .map_or_else(|| root.join("target/release/pdb-witness"), PathBuf::from),
+        bin: prebuilt_artifact("PDB_WITNESS_BIN", "pdb-witness", "pdb-witness")?,
     };
     if s.secs <= 0.0 || s.warmup < 0.0 || s.threads == 0 {
         return Err(
             "PDB_BENCH_SECS must be > 0, PDB_BENCH_WARMUP >= 0, PDB_BENCH_THREADS >= 1".into(),
         );
-    }
-    if !s.bin.exists() {
-        return Err(format!(
-            "{} not found; run `cargo build --release -p pdb-witness` first",
-            s.bin.display()
-        )
-        .into());
     }
     Ok(s)
 }
@@ -200,67 +191,8 @@ impl Template {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 // ---------------------------------------------------------------------------------
 // The witness process and /proc
-
-/// A running `pdb-witness serve` on its own data directory; killed and removed on drop.
-struct Witness {
-    child: Child,
-    pid: u32,
-    url: String,
-    token: String,
-    data: PathBuf,
-}
-
-impl Witness {
-    fn start(bin: &Path, data: PathBuf) -> Res<Witness> {
-        std::fs::create_dir_all(&data)?;
-        let mut child = Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(&data)
-            .env("PDB_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        let pid = child.id();
-        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        let (mut url, mut token) = (None, None);
-        while url.is_none() {
-            let Some(Ok(line)) = lines.next() else {
-                let status = child.wait()?;
-                return Err(format!("pdb-witness exited before listening: {status}").into());
-            };
-            if let Some(v) = line.strip_prefix("listening: ") {
-                url = Some(v.trim().to_string());
-            } else if let Some(v) = line.strip_prefix("admin token: ") {
-                token = Some(v.trim().to_string());
-            }
-        }
-        let mut w = Witness {
-            child,
-            pid,
-            url: url.expect("loop ends with a url"),
-            token: String::new(),
-            data,
-        };
-        w.token = token.ok_or("pdb-witness printed no admin token")?;
-        Ok(w)
-    }
-}
-
-impl Drop for Witness {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.data);
-    }
-}
 
 /// Clock ticks per second of `/proc/*/stat` times.
 fn clock_ticks() -> f64 {
@@ -534,12 +466,12 @@ struct Snapshot {
     counters: Counters,
 }
 
-async fn snapshot(w: &Witness, admin: &reqwest::Client) -> Res<Snapshot> {
+async fn snapshot(w: &WitnessProc, admin: &reqwest::Client) -> Res<Snapshot> {
     let at = Instant::now();
-    let server_ticks = thread_ticks(w.pid);
+    let server_ticks = thread_ticks(w.pid());
     let self_ticks = stat_cpu(Path::new("/proc/self/stat")).map_or(0, |(_, t)| t);
     let machine_ticks = machine_busy_ticks();
-    let written = write_bytes(w.pid);
+    let written = write_bytes(w.pid());
     let counters = counters(admin, &w.url).await?;
     Ok(Snapshot {
         at,
@@ -592,8 +524,9 @@ async fn run_scenario(sc: &Scenario, s: &Settings, template: Arc<Template>) -> R
         std::process::id(),
         sc.label
     ));
-    let w = Witness::start(&s.bin, data)?;
-    let bearer = HeaderValue::from_str(&format!("Bearer {}", w.token))?;
+    std::fs::create_dir_all(&data)?;
+    let w = WitnessProc::spawn(&s.bin, &data, "127.0.0.1:0", &[], &[])?.removing_data();
+    let bearer = HeaderValue::from_str(&format!("Bearer {}", w.admin_token()?))?;
     let mut admin_headers = HeaderMap::new();
     admin_headers.insert(AUTHORIZATION, bearer.clone());
     let admin = http_client(admin_headers)?;
@@ -710,8 +643,8 @@ async fn run_scenario(sc: &Scenario, s: &Settings, template: Arc<Template>) -> R
             (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / window_commits.max(1.0)),
             _ => None,
         },
-        rss_peak_mb: status_mb(w.pid, "VmHWM:"),
-        rss_now_mb: status_mb(w.pid, "VmRSS:"),
+        rss_peak_mb: status_mb(w.pid(), "VmHWM:"),
+        rss_now_mb: status_mb(w.pid(), "VmRSS:"),
         window_commits: window_commits as u64,
     };
     drop(w);

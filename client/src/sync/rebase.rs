@@ -301,8 +301,9 @@ fn overlay(base: Option<&Row>, local: Option<&Row>, current: Option<&Row>) -> Op
 
 /// Whether the local write B → L survives in `kept`: the row is there if and only if L
 /// has it, and every column the write changed (all of them for an insert, against an
-/// all-NULL B as column-merge reads it) has L's value.
-fn survived(base: Option<&Row>, local: Option<&Row>, kept: Option<&Row>) -> bool {
+/// all-NULL B as column-merge reads it) has L's value. Public so that the fuzz targets
+/// check a rebase against this very rule, not a copy that could drift from it.
+pub fn survived(base: Option<&Row>, local: Option<&Row>, kept: Option<&Row>) -> bool {
     match (local, kept) {
         (None, None) => true,
         (Some(l), Some(k)) => (0..l.len()).all(|i| {
