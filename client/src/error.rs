@@ -1,11 +1,14 @@
+//! The client's errors, below every module that returns them: the transport's and the
+//! history check's own error types live here too, so that no lower module's error knows
+//! HTTP and each crosses into [`Error`] by one `From`.
+
 use std::time::Duration;
 
 use pdb_core::problem::Code;
 
 use crate::changeset::{ConcatError, FormatError};
 use crate::db::DbError;
-use crate::history::ChainError;
-use crate::transport::{Rejection, TransportError};
+use crate::cert::{parse_hash, CertError, Hash};
 
 /// Everything that can go wrong in the client. Messages name the table, row or argument
 /// at fault; the extension prefixes them with the SQL function's name.
@@ -20,9 +23,17 @@ pub enum Error {
     /// Two changesets cannot be concatenated.
     #[error(transparent)]
     Concat(#[from] ConcatError),
-    /// An argument is wrong (names the argument and why).
+    /// An argument is wrong, or the call is made where it cannot run (names the
+    /// argument or the place, and why).
     #[error("{0}")]
     Argument(String),
+    /// The same work already runs in this process (a bootstrap, a worker), or a thread
+    /// could not be started: it passes by itself.
+    #[error("{0}")]
+    Busy(String),
+    /// A file of the client's own (the snapshot download) could not be read or written.
+    #[error("{0}")]
+    Io(String),
     /// A table cannot be tracked, or its tracked shape no longer matches.
     #[error("{0}")]
     Table(String),
@@ -82,6 +93,84 @@ impl From<pdb_core::Error> for Error {
             pdb_core::Error::Table(m) => Error::Table(m),
         }
     }
+}
+
+/// The witness could not be asked (network, TLS, timeout) or answered nonsense.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// No answer: the witness is unreachable, or the connection broke.
+    #[error("witness unreachable: {0}")]
+    Unreachable(String),
+    /// An answer that is not what the API documents.
+    #[error("unexpected answer from the witness: {0}")]
+    Protocol(String),
+}
+
+/// A rejection (`application/problem+json`) with its stable code.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// HTTP status.
+    pub status: u16,
+    /// The problem's `code` (`stale_base`, `conflict`, ...).
+    pub code: String,
+    /// The problem's `detail`.
+    pub detail: String,
+    /// The whole problem document (`seq`/`head` on `stale_base` and `conflict`, ...).
+    pub body: serde_json::Value,
+    /// How long the witness asked to wait before trying again (`Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl Rejection {
+    /// The problem code, when this version knows it (`code` keeps any string as sent).
+    pub fn code(&self) -> Option<Code> {
+        Code::parse(&self.code)
+    }
+
+    /// The current head a `stale_base` or `conflict` carries.
+    pub fn head(&self) -> Option<(u64, Hash)> {
+        let seq = self.body.get("seq")?.as_u64()?;
+        let head = parse_hash(self.body.get("head")?.as_str()?)?;
+        Some((seq, head))
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.code, self.detail)
+    }
+}
+
+/// Why a run of commits was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// A certificate itself is wrong (key, changeset hash, head, signature).
+    #[error(transparent)]
+    Certificate(#[from] CertError),
+    /// A certificate of another group.
+    #[error("commit {seq} is certified for group \"{found}\", not \"{expected}\"")]
+    Group {
+        /// Seq of the commit.
+        seq: u64,
+        /// Group the certificate names.
+        found: String,
+        /// Group being pulled.
+        expected: String,
+    },
+    /// The next commit is not the one after the trusted head.
+    #[error("expected commit {expected} next, got {found}")]
+    Gap {
+        /// The seq that must come next.
+        expected: u64,
+        /// The seq that came.
+        found: u64,
+    },
+    /// The commit does not build on the trusted head: another history.
+    #[error("commit {seq} does not follow the trusted head (a different history)")]
+    Fork {
+        /// Seq of the commit.
+        seq: u64,
+    },
 }
 
 /// What to do after a failed sync ([`Error::retry`]).
@@ -156,9 +245,10 @@ impl Error {
             Error::Db(e) if matches!(e.primary(), SQLITE_CORRUPT | SQLITE_NOTADB) => Retry::Never,
             // Busy, locked, I/O, full: the database's condition, not the request's.
             Error::Db(_) => Retry::Later(None),
-            // Also a bootstrap already running in this process, or its download file.
-            Error::Argument(_) => Retry::Later(None),
-            Error::Format(_)
+            // A full disk or a bootstrap running elsewhere passes, as a busy database does.
+            Error::Busy(_) | Error::Io(_) => Retry::Later(None),
+            Error::Argument(_)
+            | Error::Format(_)
             | Error::Concat(_)
             | Error::Table(_)
             | Error::Schema(_)
@@ -182,6 +272,8 @@ impl Error {
             Error::Db(_) => "database",
             Error::Format(_) | Error::Concat(_) => "bad_changeset",
             Error::Argument(_) => "argument",
+            Error::Busy(_) => "busy",
+            Error::Io(_) => "io",
             Error::Table(_) => "table",
             Error::Schema(_) => "schema_mismatch",
             Error::Conflict(_) => "apply_conflict",
@@ -283,6 +375,9 @@ mod tests {
         assert_eq!(Error::Diverged("d".into()).retry(), Retry::Never);
         assert_eq!(Error::Snapshot("s".into()).retry(), Retry::Never);
         assert_eq!(Error::NotOpen.retry(), Retry::Never);
-        assert_eq!(Error::Argument("busy".into()).retry(), Retry::Later(None));
+        assert_eq!(Error::Busy("running".into()).retry(), Retry::Later(None));
+        assert_eq!(Error::Io("full".into()).retry(), Retry::Later(None));
+        // A wrong call stays wrong: the worker would repeat it.
+        assert_eq!(Error::Argument("arg 1".into()).retry(), Retry::Never);
     }
 }

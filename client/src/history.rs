@@ -2,43 +2,12 @@
 //! verifies every certificate and the hash chain first), and the state digest of a
 //! device's own tables, to compare with a certificate when nothing is pending.
 
-use crate::cert::{CertError, Certificate, Hash};
+use crate::cert::{Certificate, Hash};
+use crate::error::ChainError;
 
 // The full recount lives in pdb-core, where the witness shares it; callers here keep
 // their old path.
 pub use pdb_core::state::{state_in, state_of};
-
-/// Why a run of commits was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ChainError {
-    /// A certificate itself is wrong (key, changeset hash, head, signature).
-    #[error(transparent)]
-    Certificate(#[from] CertError),
-    /// A certificate of another group.
-    #[error("commit {seq} is certified for group \"{found}\", not \"{expected}\"")]
-    Group {
-        /// Seq of the commit.
-        seq: u64,
-        /// Group the certificate names.
-        found: String,
-        /// Group being pulled.
-        expected: String,
-    },
-    /// The next commit is not the one after the trusted head.
-    #[error("expected commit {expected} next, got {found}")]
-    Gap {
-        /// The seq that must come next.
-        expected: u64,
-        /// The seq that came.
-        found: u64,
-    },
-    /// The commit does not build on the trusted head: another history.
-    #[error("commit {seq} does not follow the trusted head (a different history)")]
-    Fork {
-        /// Seq of the commit.
-        seq: u64,
-    },
-}
 
 /// Checks that `commits` continue the history from `trusted` = (seq, head): each is
 /// certified by `pinned` for `group`, has the next seq, builds on the previous head,
@@ -76,7 +45,7 @@ pub fn verify_chain<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cert::{genesis, next_head};
+    use crate::cert::{genesis, next_head, CertError};
     use ed25519_dalek::SigningKey;
 
     fn chain(key: &SigningKey, group: &str, payloads: &[&[u8]]) -> Vec<Certificate> {

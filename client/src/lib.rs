@@ -32,7 +32,7 @@ pub mod transport;
 pub use pdb_core::{cert, changeset, problem, schema, snapshot, state, value};
 
 pub use db::{Db, DbError, Stmt};
-pub use error::{Error, Retry};
+pub use error::{ChainError, Error, Rejection, Retry, TransportError};
 pub use value::{Value, ValueRef};
 
 /// The version reported by `pdb_version()`.

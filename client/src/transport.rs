@@ -7,54 +7,9 @@
 use std::time::Duration;
 
 use crate::cert::{hex, parse_hash, Certificate, Hash};
+use crate::error::{Rejection, TransportError};
 use crate::problem::Code;
 use crate::snapshot::Manifest;
-
-/// The witness could not be asked (network, TLS, timeout) or answered nonsense.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TransportError {
-    /// No answer: the witness is unreachable, or the connection broke.
-    #[error("witness unreachable: {0}")]
-    Unreachable(String),
-    /// An answer that is not what the API documents.
-    #[error("unexpected answer from the witness: {0}")]
-    Protocol(String),
-}
-
-/// A rejection (`application/problem+json`) with its stable code.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rejection {
-    /// HTTP status.
-    pub status: u16,
-    /// The problem's `code` (`stale_base`, `conflict`, ...).
-    pub code: String,
-    /// The problem's `detail`.
-    pub detail: String,
-    /// The whole problem document (`seq`/`head` on `stale_base` and `conflict`, ...).
-    pub body: serde_json::Value,
-    /// How long the witness asked to wait before trying again (`Retry-After`).
-    pub retry_after: Option<Duration>,
-}
-
-impl Rejection {
-    /// The problem code, when this version knows it (`code` keeps any string as sent).
-    pub fn code(&self) -> Option<Code> {
-        Code::parse(&self.code)
-    }
-
-    /// The current head a `stale_base` or `conflict` carries.
-    pub fn head(&self) -> Option<(u64, Hash)> {
-        let seq = self.body.get("seq")?.as_u64()?;
-        let head = parse_hash(self.body.get("head")?.as_str()?)?;
-        Some((seq, head))
-    }
-}
-
-impl std::fmt::Display for Rejection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status, self.code, self.detail)
-    }
-}
 
 /// What the witness says about a group.
 #[derive(Debug, Clone, PartialEq, Eq)]

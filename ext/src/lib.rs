@@ -26,6 +26,18 @@ pub use ffi::{Conn, OwnedConn};
 /// Oldest SQLite the extension accepts (3.37.0: STRICT tables; every API entry used).
 pub const MIN_SQLITE_VERSION: i32 = 3_037_000;
 
+/// The message an SQL function fails with: `[code] function: what went wrong`. The
+/// stable code comes first (`Error::code`: the witness's problem code, or the local
+/// cause) so a host tells "retry later" from "fix the call" without parsing prose.
+pub fn failure(function: &str, e: &Error) -> String {
+    format!("[{}] {function}: {e}", e.code())
+}
+
+/// The message of a panic caught at the FFI boundary, under the code `internal`.
+pub fn internal_failure(place: &str, panic: &str) -> String {
+    format!("[internal] {place}: internal error (panic: {panic}); nothing was changed")
+}
+
 /// A function's result, handed back to SQLite.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {

@@ -305,15 +305,15 @@ EOF
 err=$(cat "$WORK/err")
 expect_eq "bad input: the shell goes on after each error" "still running|5" "$out"
 expect_contains "bad input: garbage named" \
-    "pdb_apply: malformed changeset at byte 0: unexpected byte 0xde" "$err"
+    "[bad_changeset] pdb_apply: malformed changeset at byte 0: unexpected byte 0xde" "$err"
 expect_contains "bad input: truncated value named" \
-    "pdb_apply: malformed changeset at byte 18: value of 3 bytes but 0 left" "$err"
+    "[bad_changeset] pdb_apply: malformed changeset at byte 18: value of 3 bytes but 0 left" "$err"
 expect_contains "bad input: changeset for a view named" \
-    'pdb_apply: changeset names table "v": "v" is a view; only tables can be tracked' "$err"
+    '[schema_mismatch] pdb_apply: changeset names table "v": "v" is a view; only tables can be tracked' "$err"
 expect_contains "bad input: malformed last change of a good changeset named" \
-    "pdb_apply: malformed changeset at byte $((session_len + 2)): truncated value" "$err"
+    "[bad_changeset] pdb_apply: malformed changeset at byte $((session_len + 2)): truncated value" "$err"
 expect_contains "bad input: zero columns named" \
-    "pdb_changeset_rows: malformed changeset at byte 1: table header has 0 columns" "$err"
+    "[bad_changeset] pdb_changeset_rows: malformed changeset at byte 1: table header has 0 columns" "$err"
 expect_eq "bad input: database file unchanged" "$sum_before" "$(sha256sum <"$WORK/bad.db")"
 
 # ---- 5. a panic is an ordinary error; the shell and its connection go on -------------------
@@ -330,7 +330,7 @@ EOF
 rc=$?
 err=$(cat "$WORK/err")
 expect_contains "panic: reported as an SQLite error" \
-    "libpdb: internal error (panic: PDB_TEST_PANIC asked pdb_version to panic); nothing was changed" \
+    "[internal] libpdb: internal error (panic: PDB_TEST_PANIC asked pdb_version to panic); nothing was changed" \
     "$err"
 expect_eq "panic: the same connection keeps working" \
 'track|p

@@ -35,12 +35,12 @@ GOOD_ROWS = [
 ]
 OTHER = tbl("u", [1, 0]) + ins(9, "nine")
 MIB8 = 8 * 1024 * 1024
-NOT_A_BLOB = "pdb_changeset_rows: argument must be a changeset BLOB"
-NO_ARG = "pdb_changeset_rows: needs a changeset argument: select * from pdb_changeset_rows(?)"
+NOT_A_BLOB = "[argument] pdb_changeset_rows: argument must be a changeset BLOB"
+NO_ARG = "[argument] pdb_changeset_rows: needs a changeset argument: select * from pdb_changeset_rows(?)"
 
 
 def malformed(at, what):
-    return f"pdb_changeset_rows: malformed changeset at byte {at}: {what}"
+    return f"[bad_changeset] pdb_changeset_rows: malformed changeset at byte {at}: {what}"
 
 
 @pytest.fixture
@@ -177,12 +177,12 @@ def test_every_truncation_of_a_valid_changeset(db):
             assert (kind, value) == ("rows", GOOD_ROWS[:changes]), n
         else:
             assert kind == "error" and value.startswith(
-                "pdb_changeset_rows: malformed changeset at byte "), (n, value)
+                "[bad_changeset] pdb_changeset_rows: malformed changeset at byte "), (n, value)
             # The same decoder as the scalar functions: the same diagnosis.
             with pytest.raises(sqlite3.OperationalError) as info:
                 conn.execute("SELECT pdb_invert(?)", (GOOD[:n],))
-            assert value.removeprefix("pdb_changeset_rows: ") == str(info.value).removeprefix(
-                "pdb_invert: "), n
+            assert value.removeprefix("[bad_changeset] pdb_changeset_rows: ") == str(
+                info.value).removeprefix("[bad_changeset] pdb_invert: "), n
 
 
 def test_an_8_mib_valid_changeset(db):
@@ -345,7 +345,7 @@ def test_a_panic_becomes_an_sqlite_error_naming_the_function(db, lib_path, targe
     out = json.loads(proc.stdout)
     assert out == {
         "error": ["OperationalError", "SQLITE_ERROR",
-                  "libpdb: internal error in pdb_changeset_rows (panic: PDB_TEST_PANIC asked "
+                  "[internal] libpdb: pdb_changeset_rows: internal error (panic: PDB_TEST_PANIC asked "
                   f"{target} to panic); nothing was changed"],
         "in_transaction": False,
         "file_unchanged": True,

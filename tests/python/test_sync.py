@@ -445,7 +445,7 @@ def test_custom_function_that_raises_stops_sync_and_changes_nothing(group, devic
     a, b = device("a", group), device("b", group)
     calls = []
     message = _failing_sync(a, b, _raising(calls))
-    assert message.startswith("pdb_sync: "), message
+    assert message.startswith("[custom_strategy] pdb_sync: "), message
     assert "raised exception" in message, message  # Python's sqlite3 reports it so
     assert calls, "the function was called"
     st = js(b, "SELECT pdb_status()")
@@ -472,18 +472,18 @@ def test_custom_function_that_raises_is_named_in_the_error(group, device):
 
 @pytest.mark.parametrize("result,message", [
     ('{"id": 1, "a": "merged", "zzz": 1}',
-     'pdb_sync: the result of merge_notes() for table "notes": table "notes" has no column '
+     '[custom_strategy] pdb_sync: the result of merge_notes() for table "notes": table "notes" has no column '
      '"zzz"'),
     ("not json",
-     'pdb_sync: the result of merge_notes() for table "notes" is not JSON: expected ident at '
+     '[custom_strategy] pdb_sync: the result of merge_notes() for table "notes" is not JSON: expected ident at '
      'line 1 column 2'),
     ('[1, "a", "b"]',
-     'pdb_sync: the result of merge_notes() for table "notes" must be a JSON object of the '
+     '[custom_strategy] pdb_sync: the result of merge_notes() for table "notes" must be a JSON object of the '
      'row or null, not [1,"a","b"]'),
     ('{"id": 99, "a": "moved"}',
-     'pdb_sync: the result of merge_notes() for table "notes": column "id" is part of the '
+     '[custom_strategy] pdb_sync: the result of merge_notes() for table "notes": column "id" is part of the '
      'primary key and must stay 1'),
-    (42, 'pdb_sync: the result of merge_notes() for table "notes" must be JSON text or NULL'),
+    (42, '[custom_strategy] pdb_sync: the result of merge_notes() for table "notes" must be JSON text or NULL'),
 ], ids=["unknown-column", "not-json", "not-an-object", "changes-the-key", "not-text"])
 def test_custom_function_with_a_bad_result_is_refused(group, device, result, message):
     a, b = device("a", group), device("b", group)
@@ -503,7 +503,7 @@ def test_custom_function_missing_on_the_connection_is_named(group, device):
     with pytest.raises(sqlite3.OperationalError) as info:
         b.execute("SELECT pdb_sync()")
     assert str(info.value).startswith(
-        'pdb_sync: table "notes" resolves conflicts with custom function merge_notes(), which '
+        '[custom_strategy] pdb_sync: table "notes" resolves conflicts with custom function merge_notes(), which '
         'this connection cannot call: no such function: merge_notes'), str(info.value)
     assert observable(b) == before
 
@@ -559,7 +559,7 @@ def test_manual_conflicts_wait_for_pdb_resolve(group, device):
     ]:
         with pytest.raises(sqlite3.OperationalError) as info:
             b.execute(sql, params)
-        assert str(info.value).startswith("pdb_resolve: "), str(info.value)
+        assert str(info.value).startswith("[argument] pdb_resolve: "), str(info.value)
         assert needle in str(info.value), (params, str(info.value))
         assert observable(b) == before
 
@@ -590,22 +590,22 @@ def test_manual_conflicts_wait_for_pdb_resolve(group, device):
 
 @pytest.mark.parametrize("args,message", [
     (("ftp://example.com", "g", "t", "KEY"),
-     'pdb_open: argument 1 (url) must be http:// or https:// and a host, not "ftp://example.com"'),
+     '[argument] pdb_open: argument 1 (url) must be http:// or https:// and a host, not "ftp://example.com"'),
     (("example.com:7070", "g", "t", "KEY"),
-     'pdb_open: argument 1 (url) must be http:// or https:// and a host, not "example.com:7070"'),
+     '[argument] pdb_open: argument 1 (url) must be http:// or https:// and a host, not "example.com:7070"'),
     (("http://", "g", "t", "KEY"),
-     'pdb_open: argument 1 (url) must be http:// or https:// and a host, not "http://"'),
-    ((None, "g", "t", "KEY"), "pdb_open: argument 1 (url) must be TEXT"),
-    (("URL", "", "t", "KEY"), "pdb_open: argument 2 (group) must not be empty"),
+     '[argument] pdb_open: argument 1 (url) must be http:// or https:// and a host, not "http://"'),
+    ((None, "g", "t", "KEY"), "[argument] pdb_open: argument 1 (url) must be TEXT"),
+    (("URL", "", "t", "KEY"), "[argument] pdb_open: argument 2 (group) must not be empty"),
     (("URL", "g", "t", "abc"),
-     "pdb_open: argument 4 (witness_key) must be the witness's Ed25519 public key: 64 hex digits"),
+     "[argument] pdb_open: argument 4 (witness_key) must be the witness's Ed25519 public key: 64 hex digits"),
     (("URL", "g", "t", "KEY[:-2]"),
-     "pdb_open: argument 4 (witness_key) must be the witness's Ed25519 public key: 64 hex digits"),
+     "[argument] pdb_open: argument 4 (witness_key) must be the witness's Ed25519 public key: 64 hex digits"),
     (("URL", "g", "t", "g" * 64),
-     "pdb_open: argument 4 (witness_key) must be the witness's Ed25519 public key: 64 hex digits"),
+     "[argument] pdb_open: argument 4 (witness_key) must be the witness's Ed25519 public key: 64 hex digits"),
     (("URL", "g", "t", "KEY+00"),
-     "pdb_open: argument 4 (witness_key) must be the witness's Ed25519 public key: 64 hex digits"),
-    (("URL", "g", "t", b"\x01" * 32), "pdb_open: argument 4 (witness_key) must be TEXT"),
+     "[argument] pdb_open: argument 4 (witness_key) must be the witness's Ed25519 public key: 64 hex digits"),
+    (("URL", "g", "t", b"\x01" * 32), "[argument] pdb_open: argument 4 (witness_key) must be TEXT"),
 ], ids=["ftp-url", "no-scheme", "no-host", "null-url", "empty-group", "short-key", "62-hex-digits",
         "not-hex", "66-hex-digits", "blob-key"])
 def test_pdb_open_refuses_bad_arguments(connect, tmp_path, args, message):
@@ -628,35 +628,36 @@ def test_pdb_open_refuses_bad_arguments(connect, tmp_path, args, message):
     assert st["open"] is False, st
     assert conn.execute("SELECT key FROM pdb_local WHERE key IN "
                         "('url', 'group', 'token', 'witness_key')").fetchall() == []
-    with pytest.raises(sqlite3.OperationalError, match=r"^pdb_sync: this database has no "
+    with pytest.raises(sqlite3.OperationalError,
+                       match=r"^\[not_open\] pdb_sync: this database has no "
                        r"witness yet: call pdb_open\(url, group, token, witness_key\) first$"):
         conn.execute("SELECT pdb_sync()")
 
 
 @pytest.mark.parametrize("args,message", [
     (("plain", "manual"),
-     "pdb_set_strategy: table \"plain\" is not tracked: pdb_track('plain') first"),
+     "[table] pdb_set_strategy: table \"plain\" is not tracked: pdb_track('plain') first"),
     (("nosuch", "manual"),
-     "pdb_set_strategy: table \"nosuch\" is not tracked: pdb_track('nosuch') first"),
+     "[table] pdb_set_strategy: table \"nosuch\" is not tracked: pdb_track('nosuch') first"),
     (("notes", "last-writer-wins"),
-     "pdb_set_strategy: argument 2 (strategy) must be 'remote-wins', 'local-wins', "
+     "[argument] pdb_set_strategy: argument 2 (strategy) must be 'remote-wins', 'local-wins', "
      "'column-merge', 'custom' or 'manual', not 'last-writer-wins'"),
     (("notes", ""),
-     "pdb_set_strategy: argument 2 (strategy) must be 'remote-wins', 'local-wins', "
+     "[argument] pdb_set_strategy: argument 2 (strategy) must be 'remote-wins', 'local-wins', "
      "'column-merge', 'custom' or 'manual', not ''"),
     (("notes", "custom"),
-     "pdb_set_strategy: strategy 'custom' needs argument 3: the name of an SQL function "
+     "[argument] pdb_set_strategy: strategy 'custom' needs argument 3: the name of an SQL function "
      "f(base, local, remote)"),
     (("notes", "custom", None),
-     "pdb_set_strategy: strategy 'custom' needs argument 3: the name of an SQL function "
+     "[argument] pdb_set_strategy: strategy 'custom' needs argument 3: the name of an SQL function "
      "f(base, local, remote)"),
     (("notes", "custom", ""),
-     "pdb_set_strategy: strategy 'custom' needs argument 3: the name of an SQL function "
+     "[argument] pdb_set_strategy: strategy 'custom' needs argument 3: the name of an SQL function "
      "f(base, local, remote)"),
     (("notes", "manual", "merge_notes"),
-     "pdb_set_strategy: argument 3 (sql_function) is only for strategy 'custom', not 'manual'"),
-    ((None, "manual"), "pdb_set_strategy: argument 1 (table) must be TEXT"),
-    (("notes", None), "pdb_set_strategy: argument 2 (strategy) must be TEXT"),
+     "[argument] pdb_set_strategy: argument 3 (sql_function) is only for strategy 'custom', not 'manual'"),
+    ((None, "manual"), "[argument] pdb_set_strategy: argument 1 (table) must be TEXT"),
+    (("notes", None), "[argument] pdb_set_strategy: argument 2 (strategy) must be TEXT"),
 ], ids=["untracked-table", "missing-table", "unknown-strategy", "empty-strategy",
         "custom-without-function", "custom-null-function", "custom-empty-function",
         "function-for-manual", "null-table", "null-strategy"])
@@ -685,19 +686,19 @@ def test_sync_functions_before_pdb_open_say_what_to_do(connect, tmp_path):
         with pytest.raises(sqlite3.OperationalError) as info:
             conn.execute(f"SELECT {fn}")
         assert str(info.value) == (
-            f"{fn.split('(')[0]}: this database has no witness yet: call pdb_open(url, group, "
+            f"[not_open] {fn.split('(')[0]}: this database has no witness yet: call pdb_open(url, group, "
             "token, witness_key) first")
     assert js(conn, "SELECT pdb_status()")["open"] is False
     with pytest.raises(sqlite3.OperationalError) as info:
         conn.execute("SELECT pdb_resolve(1, 'local')")
-    assert str(info.value) == "pdb_resolve: argument 1: there is no conflict with id 1"
+    assert str(info.value) == "[argument] pdb_resolve: argument 1: there is no conflict with id 1"
 
 
 def test_pdb_resolve_on_a_fresh_database_says_there_is_no_such_conflict(connect):
     conn = connect()
     with pytest.raises(sqlite3.OperationalError) as info:
         conn.execute("SELECT pdb_resolve(1, 'local')")
-    assert str(info.value) == "pdb_resolve: argument 1: there is no conflict with id 1"
+    assert str(info.value) == "[argument] pdb_resolve: argument 1: there is no conflict with id 1"
 
 
 # --------------------------------------------------------------------------------------

@@ -132,7 +132,7 @@ fn bad_meta_is_refused_and_changes_nothing() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.starts_with("pdb_commit: meta is not valid JSON"),
+        err.starts_with("[argument] pdb_commit: meta is not valid JSON"),
         "{err}"
     );
     assert!(!pending(&c).is_empty());

@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pdb_client::transport::{Remote, TransportError};
+use pdb_client::transport::Remote;
+use pdb_client::TransportError;
 use pdb_tests::device::Device;
 use pdb_tests::fake::{
     bare, download_name, downloads, installed, nothing_installed, pinned, Fake, Group, DDL, HISTORY,

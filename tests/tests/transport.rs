@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use pdb_client::cert::genesis;
 use pdb_client::history::verify_chain;
-use pdb_client::transport::{Remote, Submission, TransportError};
+use pdb_client::transport::{Remote, Submission};
+use pdb_client::TransportError;
 use pdb_tests::witness::{record, WitnessClient, WitnessProc};
 
 const DDL: &str = "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)";

@@ -26,7 +26,8 @@ use crate::state::StateVector;
 use crate::sync::config::{self, Config};
 use crate::sync::rebase::{self, Incoming, SNAPSHOT_SCHEMA};
 use crate::sync::status;
-use crate::transport::{Remote, TransportError};
+use crate::error::TransportError;
+use crate::transport::Remote;
 use crate::value::{Value, ValueRef};
 use crate::Error;
 
@@ -137,7 +138,7 @@ fn remove_stale(keep: &Path) {
 }
 
 fn io_error(file: &Path, e: std::io::Error) -> Error {
-    Error::Argument(format!("snapshot download file {}: {e}", file.display()))
+    Error::Io(format!("snapshot download file {}: {e}", file.display()))
 }
 
 /// Downloads the image of `m` into `file`, resuming from what it already holds, and
@@ -520,7 +521,7 @@ pub fn bootstrap<D: Db>(
     });
     if busy {
         // The other one writes the same download file.
-        return Err(Error::Argument(
+        return Err(Error::Busy(
             "a bootstrap of this database is already running in this process".into(),
         ));
     }

@@ -26,7 +26,8 @@ use crate::cert::{genesis, hex, next_head, parse_hash, Certificate, Hash};
 use crate::db::{Db, Stmt};
 use crate::problem::Code;
 use crate::schema::schema_hash;
-use crate::transport::{Remote, Submission, TransportError};
+use crate::error::TransportError;
+use crate::transport::{Remote, Submission};
 use crate::value::{Value, ValueRef};
 use crate::Error;
 use config::Config;
@@ -103,7 +104,7 @@ fn note<D: Db, T>(db: &D, path: &str, r: Result<T, Error>) -> Result<T, Error> {
         Err(e) => (
             !matches!(
                 e,
-                Error::Transport(crate::transport::TransportError::Unreachable(_))
+                Error::Transport(TransportError::Unreachable(_))
             ),
             Some(e.to_string()),
         ),

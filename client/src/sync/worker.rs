@@ -212,7 +212,7 @@ where
         })
         .map_err(|e| {
             status::update(path, |s| s.worker = false);
-            Error::Argument(format!("cannot start the sync worker thread: {e}"))
+            Error::Busy(format!("cannot start the sync worker thread: {e}"))
         })?;
     all.insert(
         path.to_string(),

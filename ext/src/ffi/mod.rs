@@ -260,14 +260,11 @@ unsafe extern "C" fn function_trampoline(
     // Safety: `ctx` is this call's live context.
     match outcome {
         Ok((_, Ok(out))) => unsafe { set_result(ctx, out) },
-        Ok((f, Err(e))) => unsafe { set_error(ctx, &format!("{}: {e}", f.name), e.sqlite_code()) },
+        Ok((f, Err(e))) => unsafe { set_error(ctx, &crate::failure(f.name, &e), e.sqlite_code()) },
         Err(panic) => unsafe {
             set_error(
                 ctx,
-                &format!(
-                    "libpdb: internal error (panic: {}); nothing was changed",
-                    panic_message(&*panic)
-                ),
+                &crate::internal_failure("libpdb", &panic_message(&*panic)),
                 // SQLITE_ERROR, not SQLITE_INTERNAL: hosts report it as an ordinary
                 // operational error (Python's OperationalError) that callers already handle.
                 SQLITE_ERROR,
@@ -588,10 +585,7 @@ struct RowsCursorC {
 /// The error of a panic in a `pdb_changeset_rows` callback: named, so the user can tell
 /// which statement part failed (SQLite's own text for a bare code names nothing).
 fn rows_panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    format!(
-        "libpdb: internal error in pdb_changeset_rows (panic: {}); nothing was changed",
-        panic_message(panic)
-    )
+    crate::internal_failure("libpdb: pdb_changeset_rows", &panic_message(panic))
 }
 
 /// Sets `vtab`'s error message, which SQLite reports for the failing callback.
@@ -772,7 +766,7 @@ unsafe extern "C" fn rows_filter(
     }));
     let message = match result {
         Ok(Ok(())) => return SQLITE_OK,
-        Ok(Err(e)) => format!("pdb_changeset_rows: {e}"),
+        Ok(Err(e)) => crate::failure("pdb_changeset_rows", &e),
         Err(panic) => rows_panic_message(&*panic),
     };
     // Safety: vtab is the live table.
