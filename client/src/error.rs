@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use pdb_core::problem::Code;
 
+use crate::cert::{parse_hash, CertError, Hash};
 use crate::changeset::{ConcatError, FormatError};
 use crate::db::DbError;
-use crate::cert::{parse_hash, CertError, Hash};
 
 /// Everything that can go wrong in the client. Messages name the table, row or argument
 /// at fault; the extension prefixes them with the SQL function's name.

@@ -24,9 +24,9 @@ use serde_json::json;
 use crate::capture;
 use crate::cert::{genesis, hex, next_head, parse_hash, Certificate, Hash};
 use crate::db::{Db, Stmt};
+use crate::error::TransportError;
 use crate::problem::Code;
 use crate::schema::schema_hash;
-use crate::error::TransportError;
 use crate::transport::{Remote, Submission};
 use crate::value::{Value, ValueRef};
 use crate::Error;
@@ -102,10 +102,7 @@ fn note<D: Db, T>(db: &D, path: &str, r: Result<T, Error>) -> Result<T, Error> {
         Ok(_) => (true, None),
         // A garbled answer is still an answer: only no answer at all is offline.
         Err(e) => (
-            !matches!(
-                e,
-                Error::Transport(TransportError::Unreachable(_))
-            ),
+            !matches!(e, Error::Transport(TransportError::Unreachable(_))),
             Some(e.to_string()),
         ),
     };
