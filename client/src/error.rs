@@ -11,7 +11,7 @@ use crate::changeset::{ConcatError, FormatError};
 use crate::db::DbError;
 
 /// Everything that can go wrong in the client. Messages name the table, row or argument
-/// at fault; the extension prefixes them with the SQL function's name.
+/// at fault; the extension prefixes them with [`Error::code`] and the SQL function's name.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// SQLite reported an error.
