@@ -761,4 +761,63 @@ mod tests {
              installed"
         );
     }
+
+    /// `ddl-tail` (fixed in 4eb993c): a table whose stored DDL reads `CREATE TABLE
+    /// a(...); CREATE TABLE zz(x)`. SQLite reads only an entry's first statement, so the
+    /// tail is no part of the image's schema and no check sees it; the install ran the
+    /// whole text and created `zz` on the device. It now runs one statement per entry.
+    #[test]
+    fn an_entry_s_ddl_tail_does_not_run_on_the_device() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let db = Connection::open_in_memory().unwrap();
+        let pin = hex(&key.verifying_key().to_bytes());
+        config::open(&db, "http://127.0.0.1:9", "g", "token", &pin).unwrap();
+        let cfg = config::load(&db).unwrap();
+        db.execute_batch(&format!(
+            "ATTACH ':memory:' AS {s}; CREATE TABLE {s}.a(id INTEGER PRIMARY KEY, v); \
+             INSERT INTO {s}.a VALUES (1, 'x'); PRAGMA writable_schema = ON; \
+             UPDATE {s}.sqlite_schema SET sql = 'CREATE TABLE a(id INTEGER PRIMARY KEY, v); \
+             CREATE TABLE zz(x)' WHERE name = 'a'; PRAGMA writable_schema = OFF;",
+            s = SNAPSHOT_SCHEMA
+        ))
+        .unwrap();
+        let infos = vec![crate::schema::table_info_in(&db, SNAPSHOT_SCHEMA, "a").unwrap()];
+        let state = crate::history::state_in(&db, SNAPSHOT_SCHEMA, &infos)
+            .unwrap()
+            .digest();
+        let head = crate::cert::next_head(&crate::cert::genesis("g"), 1, &[1; 32]);
+        let m = Manifest {
+            head,
+            state,
+            schema_hash: schema_hash(&infos),
+            ..manifest()
+        };
+        let cert = Certificate::sign(
+            &key,
+            "g",
+            1,
+            crate::cert::genesis("g"),
+            head,
+            state,
+            [1; 32],
+            "k",
+            0,
+        );
+        // The entry is run as one prepared statement. rusqlite's `Db` refuses a text
+        // with a tail outright, so here the install fails as a whole; the extension's
+        // prepares the first statement and ignores the tail. Either way `zz` never runs.
+        match install_attached(&db, &cfg, &m, &cert, "") {
+            Err(Error::Db(e)) => assert_eq!(e.message, "Multiple statements provided"),
+            other => panic!("{other:?}"),
+        }
+        let names: Vec<String> = db
+            .prepare("SELECT name FROM main.sqlite_schema WHERE name IN ('a', 'zz')")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(names.is_empty(), "{names:?}");
+        assert_eq!(config::head(&db, "g").unwrap().0, 0, "nothing installed");
+    }
 }
