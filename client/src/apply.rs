@@ -799,3 +799,237 @@ fn check_foreign_keys<D: Db>(
         ))),
     }
 }
+
+/// The defects the `changeset_apply` fuzz target found (`fuzz/regressions/
+/// changeset_apply/`), each on an in-memory database, with what the fix makes of it;
+/// `tests/tests/apply.rs` has them through `pdb_apply` against the session extension.
+#[cfg(all(test, feature = "rusqlite"))]
+mod tests {
+    use super::*;
+    use crate::queue;
+    use rusqlite::Connection;
+
+    const KEY_1: [u8; 9] = [1, 0, 0, 0, 0, 0, 0, 0, 1];
+
+    fn db(sql: &str) -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(sql).unwrap();
+        c
+    }
+
+    /// Tracks `table` and commits its rows, so that only later edits are pending.
+    fn track(c: &Connection, table: &str) {
+        capture::track(c, table).unwrap();
+        queue::commit(c, None).unwrap();
+        assert!(pending(c).is_empty());
+    }
+
+    fn pending(c: &Connection) -> Vec<u8> {
+        capture::pending(c, &capture::tracked(c).unwrap()).unwrap()
+    }
+
+    fn rows(c: &Connection, sql: &str) -> Vec<Vec<rusqlite::types::Value>> {
+        let mut stmt = c.prepare(sql).unwrap();
+        let n = stmt.column_count();
+        stmt.query_map([], |r| (0..n).map(|i| r.get(i)).collect())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    fn stats(applied: u64, replaced: u64, skipped: u64) -> ApplyStats {
+        ApplyStats {
+            applied,
+            replaced,
+            skipped,
+        }
+    }
+
+    /// `regressions/changeset_apply/update-without-new-values`: an UPDATE whose new
+    /// record defines no column. `sqlite3changeset_apply` takes it as a no-op that still
+    /// checks its old values; apply built `UPDATE ... SET  WHERE` and failed the whole
+    /// changeset with a syntax error under every policy (and carrying a saved image
+    /// forward by no columns was the same empty SET).
+    #[test]
+    fn an_update_that_sets_nothing_is_a_no_op_that_checks_its_old_values() {
+        // T t(id INTEGER PRIMARY KEY, v) | UPDATE old (1, 'a') new (-, -)
+        let cs = [
+            [b'T', 2, 1, 0, b't', 0, 23, 0].as_slice(),
+            &KEY_1,
+            &[3, 1, b'a', 0, 0],
+        ]
+        .concat();
+        let c = db("CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'a');");
+        for policy in [OnConflict::Abort, OnConflict::Replace, OnConflict::Skip] {
+            assert_eq!(
+                apply(&c, &cs, policy).unwrap(),
+                stats(1, 0, 0),
+                "{policy:?}"
+            );
+        }
+        // The old value is still checked: 'a' is no longer there.
+        c.execute_batch("UPDATE t SET v = 'b'").unwrap();
+        let e = apply(&c, &cs, OnConflict::Abort).unwrap_err();
+        assert!(
+            matches!(&e, Error::Conflict(m) if m.starts_with("DATA conflict on table \"t\", primary key [1]")),
+            "{e}"
+        );
+        assert_eq!(apply(&c, &cs, OnConflict::Skip).unwrap(), stats(0, 0, 1));
+
+        // On a tracked row with a local edit: applied, and the edit stays pending as it was.
+        let c =
+            db("CREATE TABLE t(id INTEGER PRIMARY KEY, v, u); INSERT INTO t VALUES (1, 'a', 0);");
+        track(&c, "t");
+        c.execute_batch("UPDATE t SET u = 1").unwrap();
+        let before = pending(&c);
+        let cs3 = [
+            [b'T', 3, 1, 0, 0, b't', 0, 23, 0].as_slice(),
+            &KEY_1,
+            &[3, 1, b'a', 0, 0, 0, 0],
+        ]
+        .concat();
+        assert_eq!(apply(&c, &cs3, OnConflict::Abort).unwrap(), stats(1, 0, 0));
+        assert_eq!(pending(&c), before);
+    }
+
+    /// `regressions/changeset_apply/carry-forward-text-key` and `carry-forward-value-
+    /// affinity`: a remote change the table converts by affinity (an INTEGER key spelled
+    /// TEXT '1', an INTEGER 2 for a REAL column, stored 2.0) to a row with a local edit.
+    /// The shadow's columns have no affinity: looked up by the changeset's key the saved
+    /// image was not found, and copied from the changeset it kept INTEGER 2, so the
+    /// remote change showed up in the pending changeset as a local edit.
+    #[test]
+    fn carried_forward_images_take_the_table_s_affinity() {
+        let c = db("CREATE TABLE w(id INTEGER PRIMARY KEY, v TEXT, b REAL, u);
+                    INSERT INTO w VALUES (1, 'x', 1.0, 'base');");
+        track(&c, "w");
+        c.execute_batch("UPDATE w SET u = 'local' WHERE id = 1")
+            .unwrap();
+        // T w | UPDATE old ('1', 'x', 1.0, -) new (-, 'z', 2, -)
+        let mut cs = vec![b'T', 4, 1, 0, 0, 0, b'w', 0, 23, 0];
+        cs.extend_from_slice(&[3, 1, b'1', 3, 1, b'x', 2, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0, 0]);
+        cs.extend_from_slice(&[0, 3, 1, b'z', 1, 0, 0, 0, 0, 0, 0, 0, 2, 0]);
+        assert_eq!(apply(&c, &cs, OnConflict::Abort).unwrap(), stats(1, 0, 0));
+        use rusqlite::types::Value as V;
+        assert_eq!(
+            rows(&c, "SELECT id, v, b, u FROM w"),
+            [[
+                V::Integer(1),
+                V::Text("z".into()),
+                V::Real(2.0),
+                V::Text("local".into())
+            ]]
+        );
+        // Only the local edit is pending: UPDATE old (1, -, -, 'base') new (-, -, -, 'local').
+        let mut want = vec![b'T', 4, 1, 0, 0, 0, b'w', 0, 23, 0];
+        want.extend_from_slice(&KEY_1);
+        want.extend_from_slice(&[0, 0, 3, 4, b'b', b'a', b's', b'e']);
+        want.extend_from_slice(&[0, 0, 0, 3, 5, b'l', b'o', b'c', b'a', b'l']);
+        assert_eq!(pending(&c), want);
+
+        // A remote DELETE spelled with the TEXT key ends the local edit too.
+        let mut del = vec![b'T', 4, 1, 0, 0, 0, b'w', 0, 9, 0];
+        del.extend_from_slice(&[3, 1, b'1', 3, 1, b'z', 2, 0x40, 0, 0, 0, 0, 0, 0, 0]);
+        del.extend_from_slice(&[3, 5, b'l', b'o', b'c', b'a', b'l']);
+        assert_eq!(apply(&c, &del, OnConflict::Abort).unwrap(), stats(1, 0, 0));
+        assert_eq!(pending(&c), Vec::<u8>::new());
+    }
+
+    /// `regressions/changeset_apply/carry-forward-narrow-insert` (fixed in 962830d): an
+    /// INSERT from a peer whose table has fewer columns, of a row with a saved image.
+    /// The table gives the trailing columns their defaults, but the image moved forward
+    /// in the changeset's columns only, so the pending changeset showed the defaults as
+    /// a local UPDATE nobody made.
+    #[test]
+    fn a_narrow_insert_carries_forward_the_defaulted_trailing_columns() {
+        let c = db("CREATE TABLE t(id INTEGER PRIMARY KEY, a, b DEFAULT 'dflt', c DEFAULT 7);");
+        track(&c, "t");
+        c.execute_batch("INSERT INTO t VALUES (3, 'local', 'x', 1); DELETE FROM t WHERE id = 3;")
+            .unwrap();
+        // T t, two columns of four | INSERT (3, 'r')
+        let cs = [
+            b'T', 2, 1, 0, b't', 0, 18, 0, 1, 0, 0, 0, 0, 0, 0, 0, 3, 3, 1, b'r',
+        ];
+        assert_eq!(apply(&c, &cs, OnConflict::Abort).unwrap(), stats(1, 0, 0));
+        use rusqlite::types::Value as V;
+        assert_eq!(
+            rows(&c, "SELECT * FROM t"),
+            [[
+                V::Integer(3),
+                V::Text("r".into()),
+                V::Text("dflt".into()),
+                V::Integer(7)
+            ]]
+        );
+        assert_eq!(pending(&c), Vec::<u8>::new());
+    }
+
+    /// The refusals apply makes where the session extension skips silently: a table
+    /// missing, or of another shape than the changeset's header; every header is
+    /// checked, a second group of a table included. Each leaves the database as it was.
+    #[test]
+    fn a_missing_table_or_one_of_another_shape_is_a_schema_error() {
+        let c = db("CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'a');");
+        let ins2 = [b'T', 1, 1, b'u', 0, 18, 0, 5];
+        let e = apply(&c, &ins2, OnConflict::Abort).unwrap_err();
+        assert!(
+            matches!(&e, Error::Schema(m) if m.starts_with("changeset names table \"u\": ")),
+            "{e}"
+        );
+        // Key on the other column.
+        let cs = [b'T', 2, 0, 1, b't', 0, 18, 0, 5, 5];
+        let e = apply(&c, &cs, OnConflict::Replace).unwrap_err();
+        assert!(
+            matches!(&e, Error::Schema(m) if m == "table \"t\" does not match the changeset: \
+                the changeset has 2 columns with key flags [0 1], the table has 2 columns \
+                with key flags [1 0]"),
+            "{e}"
+        );
+        // More columns than the table.
+        let cs = [
+            [b'T', 3, 1, 0, 0, b't', 0, 18, 0].as_slice(),
+            &[1, 0, 0, 0, 0, 0, 0, 0, 2, 5, 5],
+        ]
+        .concat();
+        let e = apply(&c, &cs, OnConflict::Skip).unwrap_err();
+        assert!(
+            matches!(&e, Error::Schema(m) if m.contains("the changeset has 3 columns")),
+            "{e}"
+        );
+        // A good group of t (INSERT 2), then t again with a wrong key: nothing applied.
+        let good = [
+            [b'T', 2, 1, 0, b't', 0, 18, 0].as_slice(),
+            &[1, 0, 0, 0, 0, 0, 0, 0, 2, 5],
+        ]
+        .concat();
+        let bad = [b'T', 2, 0, 1, b't', 0, 9, 0, 5, 5];
+        let e = apply(&c, &[good.as_slice(), &bad].concat(), OnConflict::Abort).unwrap_err();
+        assert!(
+            matches!(&e, Error::Schema(m) if m.contains("key flags [0 1]")),
+            "{e}"
+        );
+        use rusqlite::types::Value as V;
+        assert_eq!(
+            rows(&c, "SELECT * FROM t"),
+            [[V::Integer(1), V::Text("a".into())]]
+        );
+    }
+
+    /// A malformed tail is found before anything is written (the parse comes first).
+    #[test]
+    fn a_malformed_changeset_changes_nothing() {
+        let c = db("CREATE TABLE t(id INTEGER PRIMARY KEY, v);");
+        let cs = [
+            [b'T', 2, 1, 0, b't', 0, 18, 0].as_slice(),
+            &KEY_1,
+            &[5, 18, 0, 1],
+        ]
+        .concat();
+        let e = apply(&c, &cs, OnConflict::Abort).unwrap_err();
+        assert!(
+            matches!(&e, Error::Format(f) if f.offset == 20 && f.reason == "truncated value"),
+            "{e}"
+        );
+        assert!(rows(&c, "SELECT * FROM t").is_empty());
+    }
+}

@@ -352,3 +352,37 @@ pub fn kept_as_is(a: Affinity, v: &Value) -> bool {
         }
     }
 }
+
+#[cfg(all(test, feature = "rusqlite"))]
+mod tests {
+    use super::*;
+
+    /// Found by the `snapshot_image` fuzz target (`fuzz/regressions/snapshot_image/
+    /// non-utf8-column-name`): a column whose name is not UTF-8. Read lossily it named no
+    /// column, and SQLite took the quoted name in the state query for a string literal,
+    /// so the digest covered that literal instead of the column's values.
+    #[test]
+    fn a_column_name_that_is_not_utf8_is_refused() {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, x); PRAGMA writable_schema = ON;")
+            .unwrap();
+        let sql: &[u8] = b"CREATE TABLE t(id INTEGER PRIMARY KEY, \"\xff\")";
+        c.execute(
+            "UPDATE sqlite_schema SET sql = CAST(?1 AS TEXT) WHERE name = 't'",
+            [sql],
+        )
+        .unwrap();
+        c.execute_batch("PRAGMA writable_schema = RESET").unwrap();
+        match table_info(&c, "t") {
+            Err(Error::Table(m)) => assert_eq!(
+                m,
+                "table \"t\": column name \"\u{fffd}\" is not valid UTF-8"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // The same table with a UTF-8 name is one like any other.
+        c.execute_batch("CREATE TABLE u(id INTEGER PRIMARY KEY, \"é\")")
+            .unwrap();
+        assert_eq!(table_info(&c, "u").unwrap().columns[1].name, "é");
+    }
+}

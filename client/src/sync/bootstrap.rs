@@ -671,3 +671,154 @@ fn run<D: Db>(
         conflicts,
     }))
 }
+
+/// The image checks the `snapshot_image` fuzz target's findings brought
+/// (`fuzz/regressions/snapshot_image/`), on an in-memory image attached as
+/// [`SNAPSHOT_SCHEMA`] whose schema table is edited by hand.
+#[cfg(all(test, feature = "rusqlite"))]
+mod tests {
+    use super::*;
+    use rusqlite::Connection;
+
+    /// A device with an image holding `p(id INTEGER PRIMARY KEY)` attached, after
+    /// `edit` (bound to `param`) ran on its schema table with `writable_schema` on.
+    fn image(edit: &str, param: &[u8]) -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(&format!(
+            "ATTACH ':memory:' AS {s}; CREATE TABLE {s}.p(id INTEGER PRIMARY KEY); \
+             PRAGMA writable_schema = ON;",
+            s = SNAPSHOT_SCHEMA
+        ))
+        .unwrap();
+        // Not reloaded: the check reads the schema table's rows as they are.
+        c.execute(edit, [param]).unwrap();
+        c
+    }
+
+    fn manifest() -> Manifest {
+        Manifest {
+            group: "g".into(),
+            seq: 1,
+            head: [0; 32],
+            state: [0; 32],
+            size: 0,
+            blake3: [0; 32],
+            schema_hash: [0; 32],
+            created_at: 0,
+            witness_key: [0; 32],
+            signature: [0; 64],
+        }
+    }
+
+    fn refusal(c: &Connection) -> String {
+        match image_tables(c, &manifest()) {
+            Err(Error::Snapshot(m)) => m,
+            Err(e) => panic!("another error: {e}"),
+            Ok(t) => panic!(
+                "accepted: {:?}",
+                t.iter().map(|t| &t.0.name).collect::<Vec<_>>()
+            ),
+        }
+    }
+
+    /// `blob-tbl-name` (fixed in 1164323): `p`'s `tbl_name` is the blob `x'70'`. Read
+    /// lossily as "", the check's picture of the image differed from what the install
+    /// creates; a field SQLite would not write, or a table entry naming another table,
+    /// is refused.
+    #[test]
+    fn a_schema_entry_sqlite_would_not_write_is_refused() {
+        let edit =
+            "UPDATE pdb_snapshot.sqlite_schema SET tbl_name = CAST(?1 AS TEXT) WHERE name = 'p'";
+        // Untouched, the image gets as far as the schema hash (the manifest's is zero).
+        let untouched = refusal(&image(edit, b"p"));
+        assert!(
+            untouched.starts_with("the image's tables have schema ")
+                && untouched.ends_with(&format!("not the manifest's {}", hex(&[0; 32]))),
+            "{untouched}"
+        );
+        let blob =
+            "UPDATE pdb_snapshot.sqlite_schema SET tbl_name = CAST(?1 AS BLOB) WHERE name = 'p'";
+        assert_eq!(
+            refusal(&image(blob, b"p")),
+            "the image's schema is not one SQLite wrote: the tbl_name of entry \"p\" is not UTF-8 \
+             text; nothing installed"
+        );
+        // `non-utf8-column-name`: a column named by a byte that is not UTF-8. Before the
+        // schema table was checked, `table_info`'s refusal of such a name stopped it
+        // (pdb-core's schema tests); now the entry's text stops it first.
+        let bad_sql =
+            "UPDATE pdb_snapshot.sqlite_schema SET sql = CAST(?1 AS TEXT) WHERE name = 'p'";
+        assert_eq!(
+            refusal(&image(
+                bad_sql,
+                b"CREATE TABLE p(id INTEGER PRIMARY KEY, \"\xff\")"
+            )),
+            "the image's schema is not one SQLite wrote: the sql of entry \"p\" is not UTF-8 \
+             text; nothing installed"
+        );
+        assert_eq!(
+            refusal(&image(edit, b"q")),
+            "the image's schema is not one SQLite wrote: table \"p\" names table \"q\"; nothing \
+             installed"
+        );
+    }
+
+    /// `ddl-tail` (fixed in 4eb993c): a table whose stored DDL reads `CREATE TABLE
+    /// a(...); CREATE TABLE zz(x)`. SQLite reads only an entry's first statement, so the
+    /// tail is no part of the image's schema and no check sees it; the install ran the
+    /// whole text and created `zz` on the device. It now runs one statement per entry.
+    #[test]
+    fn an_entry_s_ddl_tail_does_not_run_on_the_device() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let db = Connection::open_in_memory().unwrap();
+        let pin = hex(&key.verifying_key().to_bytes());
+        config::open(&db, "http://127.0.0.1:9", "g", "token", &pin).unwrap();
+        let cfg = config::load(&db).unwrap();
+        db.execute_batch(&format!(
+            "ATTACH ':memory:' AS {s}; CREATE TABLE {s}.a(id INTEGER PRIMARY KEY, v); \
+             INSERT INTO {s}.a VALUES (1, 'x'); PRAGMA writable_schema = ON; \
+             UPDATE {s}.sqlite_schema SET sql = 'CREATE TABLE a(id INTEGER PRIMARY KEY, v); \
+             CREATE TABLE zz(x)' WHERE name = 'a'; PRAGMA writable_schema = OFF;",
+            s = SNAPSHOT_SCHEMA
+        ))
+        .unwrap();
+        let infos = vec![crate::schema::table_info_in(&db, SNAPSHOT_SCHEMA, "a").unwrap()];
+        let state = crate::history::state_in(&db, SNAPSHOT_SCHEMA, &infos)
+            .unwrap()
+            .digest();
+        let head = crate::cert::next_head(&crate::cert::genesis("g"), 1, &[1; 32]);
+        let m = Manifest {
+            head,
+            state,
+            schema_hash: schema_hash(&infos),
+            ..manifest()
+        };
+        let cert = Certificate::sign(
+            &key,
+            "g",
+            1,
+            crate::cert::genesis("g"),
+            head,
+            state,
+            [1; 32],
+            "k",
+            0,
+        );
+        // The entry is run as one prepared statement. rusqlite's `Db` refuses a text
+        // with a tail outright, so here the install fails as a whole; the extension's
+        // prepares the first statement and ignores the tail. Either way `zz` never runs.
+        match install_attached(&db, &cfg, &m, &cert, "") {
+            Err(Error::Db(e)) => assert_eq!(e.message, "Multiple statements provided"),
+            other => panic!("{other:?}"),
+        }
+        let names: Vec<String> = db
+            .prepare("SELECT name FROM main.sqlite_schema WHERE name IN ('a', 'zz')")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(names.is_empty(), "{names:?}");
+        assert_eq!(config::head(&db, "g").unwrap().0, 0, "nothing installed");
+    }
+}

@@ -784,3 +784,226 @@ impl<'d, D: Db + 'd> Rebase<'d, '_, D> {
         Ok(())
     }
 }
+
+/// The rules the `pulled_history` fuzz target judges a rebase by, and its finding
+/// (`fuzz/regressions/pulled_history/redo-overwrites-negative-zero`), on in-memory rows
+/// and devices; `tests/tests/sync.rs` has the strategies through a real witness.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn real(r: f64) -> Value {
+        Value::Real(r)
+    }
+
+    fn text(s: &str) -> Value {
+        Value::Text(s.as_bytes().to_vec())
+    }
+
+    /// The bits of a row's values: `same` takes -0.0 for 0.0, this does not.
+    fn bits(row: Option<&Row>) -> Option<Vec<(u8, Vec<u8>)>> {
+        row.map(|r| {
+            r.iter()
+                .map(|v| {
+                    let mut enc = Vec::new();
+                    v.as_ref().encode(&mut enc);
+                    (enc[0], enc[1..].to_vec())
+                })
+                .collect()
+        })
+    }
+
+    /// The finding's rows: B = (1, 'one', 0.0), L = (1, 'uno', 0.0) (the local write
+    /// changed `a`), R = (1, 'one', -0.0) (the remote changed `b`'s bits only). Redo
+    /// wrote L whole, turning -0.0 back into 0.0 unrecorded; the overlay keeps R's `b`.
+    #[test]
+    fn overlay_keeps_the_current_bits_of_columns_the_local_write_left_alone() {
+        let b = vec![Value::Integer(1), text("one"), real(0.0)];
+        let l = vec![Value::Integer(1), text("uno"), real(0.0)];
+        let r = vec![Value::Integer(1), text("one"), real(-0.0)];
+        let want = vec![Value::Integer(1), text("uno"), real(-0.0)];
+        let got = overlay(Some(&b), Some(&l), Some(&r));
+        assert_eq!(bits(got.as_ref()), bits(Some(&want)));
+        // An insert (no B) or a row now absent: L as it is; a delete: nothing.
+        assert_eq!(
+            bits(overlay(None, Some(&l), Some(&r)).as_ref()),
+            bits(Some(&l))
+        );
+        assert_eq!(
+            bits(overlay(Some(&b), Some(&l), None).as_ref()),
+            bits(Some(&l))
+        );
+        assert_eq!(overlay(Some(&b), None, Some(&r)), None);
+    }
+
+    /// `survived` as the fuzz targets use it: the row exists iff L has it, and every
+    /// column the write changed (against an all-NULL B for an insert) has L's value.
+    #[test]
+    fn survived_asks_only_for_the_columns_the_local_write_changed() {
+        let row = |a: &str, b: Value| vec![Value::Integer(1), text(a), b];
+        let (b, l) = (row("one", real(0.0)), row("uno", real(0.0)));
+        // The change to `a` kept, `b` moved by the remote (even to other bits): survived.
+        assert!(survived(Some(&b), Some(&l), Some(&row("uno", real(-0.0)))));
+        assert!(survived(Some(&b), Some(&l), Some(&row("uno", Value::Null))));
+        // `a` lost, or the row gone.
+        assert!(!survived(Some(&b), Some(&l), Some(&row("one", real(0.0)))));
+        assert!(!survived(Some(&b), Some(&l), None));
+        // A delete survives exactly when the row is gone.
+        assert!(survived(Some(&b), None, None));
+        assert!(!survived(Some(&b), None, Some(&b)));
+        // An insert changed every non-NULL column: here `a` and `b`, not a NULL one.
+        let ins = row("new", real(2.5));
+        assert!(!survived(None, Some(&ins), Some(&row("new", real(3.0)))));
+        assert!(survived(
+            None,
+            Some(&row("new", Value::Null)),
+            Some(&row("new", real(3.0)))
+        ));
+        // Storage class counts: INTEGER 2 is not REAL 2.0.
+        let l2 = row("one", real(2.0));
+        assert!(!survived(
+            Some(&b),
+            Some(&l2),
+            Some(&row("one", Value::Integer(2)))
+        ));
+    }
+
+    #[cfg(feature = "rusqlite")]
+    mod device {
+        use super::super::*;
+        use crate::apply::apply;
+        use crate::cert::{genesis, next_head};
+        use crate::queue;
+        use ed25519_dalek::SigningKey;
+        use rusqlite::Connection;
+
+        const GROUP: &str = "g";
+
+        /// A device and the witness's copy of the group (a plain database the commits
+        /// are applied to, which gives each certificate its state).
+        struct Device {
+            db: Connection,
+            cfg: Config,
+            key: SigningKey,
+            witness: Connection,
+            head: (u64, Hash),
+        }
+
+        impl Device {
+            /// Tables `schema`, tracked, with `rows` certified as the device's commit 1.
+            fn new(schema: &str, tables: &[&str], rows: &str) -> Device {
+                let key = SigningKey::from_bytes(&[7; 32]);
+                let db = Connection::open_in_memory().unwrap();
+                db.execute_batch(schema).unwrap();
+                for t in tables {
+                    capture::track(&db, t).unwrap();
+                }
+                let pin = hex(&key.verifying_key().to_bytes());
+                config::open(&db, "http://127.0.0.1:9", GROUP, "token", &pin).unwrap();
+                let cfg = config::load(&db).unwrap();
+                let witness = Connection::open_in_memory().unwrap();
+                witness.execute_batch(schema).unwrap();
+                let mut dev = Device {
+                    db,
+                    cfg,
+                    key,
+                    witness,
+                    head: (0, genesis(GROUP)),
+                };
+                dev.db.execute_batch(rows).unwrap();
+                let (changeset, idem) = dev.commit();
+                let r = dev.certify(changeset, &idem).unwrap();
+                assert_eq!((r.pulled, r.confirmed), (1, 1));
+                dev
+            }
+
+            /// Closes the pending changes into a queued commit: its changeset and key.
+            fn commit(&self) -> (Vec<u8>, String) {
+                let id = queue::commit(&self.db, None).unwrap().unwrap();
+                self.queued(id)
+            }
+
+            fn queued(&self, id: i64) -> (Vec<u8>, String) {
+                self.db
+                    .query_row(
+                        "SELECT changeset, idempotency_key FROM pdb_upload_queue WHERE id = ?1",
+                        [id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .unwrap()
+            }
+
+            /// The witness certifies `changeset` as the next commit; the device pulls it.
+            fn certify(&mut self, changeset: Vec<u8>, idem: &str) -> Result<Integrated, Error> {
+                apply(&self.witness, &changeset, OnConflict::Abort).unwrap();
+                let infos: Vec<_> = capture::tracked(&self.db)
+                    .unwrap()
+                    .into_iter()
+                    .map(|t| t.info)
+                    .collect();
+                let state = crate::history::state_of(&self.witness, &infos)
+                    .unwrap()
+                    .digest();
+                let (seq, prev) = (self.head.0 + 1, self.head.1);
+                let hash = *blake3::hash(&changeset).as_bytes();
+                let head = next_head(&prev, seq, &hash);
+                let cert =
+                    Certificate::sign(&self.key, GROUP, seq, prev, head, state, hash, idem, 0);
+                self.head = (seq, head);
+                integrate(&self.db, &self.cfg, &[Pulled { cert, changeset }], None)
+            }
+
+            fn b_of_t1(&self) -> f64 {
+                self.db
+                    .query_row("SELECT b FROM t WHERE id = 1", [], |r| r.get(0))
+                    .unwrap()
+            }
+        }
+
+        /// `regressions/pulled_history/redo-overwrites-negative-zero` (fixed in
+        /// 7713003): a remote commit turns `t` 1's `b` from 0.0 into -0.0 under a queued
+        /// local commit that changed only its `a`. Redo wrote L whole and `b` became 0.0
+        /// again, recorded nowhere; once the witness certified the rebased commit, the
+        /// device's state no longer matched and every later pull was refused.
+        #[test]
+        fn a_remote_negative_zero_under_a_local_edit_of_another_column_stays() {
+            let mut dev = Device::new(
+                "CREATE TABLE t(id INTEGER PRIMARY KEY, a TEXT UNIQUE, b);",
+                &["t"],
+                "INSERT INTO t VALUES (1, 'one', 0.0);",
+            );
+            dev.db
+                .execute_batch("UPDATE t SET a = 'uno' WHERE id = 1")
+                .unwrap();
+            let (_, idem) = dev.commit();
+            // T t | UPDATE old (1, -, 0.0) new (-, -, -0.0)
+            let mut remote = vec![b'T', 3, 1, 0, 0, b't', 0, 23, 0];
+            remote.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0]);
+            remote.extend_from_slice(&[0, 0, 2, 0x80, 0, 0, 0, 0, 0, 0, 0]);
+            let r = dev.certify(remote, "someone else").unwrap();
+            assert_eq!((r.pulled, r.confirmed, r.conflicts), (1, 0, 0));
+            let a: String = dev
+                .db
+                .query_row("SELECT a FROM t WHERE id = 1", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(a, "uno");
+            assert_eq!(dev.b_of_t1().to_bits(), (-0.0f64).to_bits(), "b is -0.0");
+            // The rebased commit still changes `a` only: UPDATE old (1, 'one', -) new (-, 'uno', -).
+            let id: i64 = dev
+                .db
+                .query_row("SELECT id FROM pdb_upload_queue", [], |r| r.get(0))
+                .unwrap();
+            let (rebased, key) = dev.queued(id);
+            assert_eq!(key, idem);
+            let mut want = vec![b'T', 3, 1, 0, 0, b't', 0, 23, 0];
+            want.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 1, 3, 3, b'o', b'n', b'e', 0]);
+            want.extend_from_slice(&[0, 3, 3, b'u', b'n', b'o', 0]);
+            assert_eq!(rebased, want);
+            // The witness certifies the rebased commit; the device's state matches it.
+            let r = dev.certify(rebased, &idem).unwrap();
+            assert_eq!((r.pulled, r.confirmed, r.conflicts), (1, 1, 0));
+            assert_eq!(dev.b_of_t1().to_bits(), (-0.0f64).to_bits());
+            assert!(queue::pending_changeset(&dev.db).unwrap().is_none());
+        }
+    }
+}

@@ -175,3 +175,80 @@ fn same_field(a: &[u8], b: &[u8]) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_1: [u8; 9] = [1, 0, 0, 0, 0, 0, 0, 0, 1];
+
+    /// `T <name>(id INTEGER PRIMARY KEY, v)` followed by `changes`.
+    fn group(name: &[u8], changes: &[u8]) -> Vec<u8> {
+        [&[b'T', 2, 1, 0], name, &[0], changes].concat()
+    }
+
+    /// Found by the `changeset_decode` fuzz target (`regressions/changeset_decode/
+    /// concat-table-name-case`): an INSERT into `c` and a DELETE of the same row from `C`.
+    /// SQL names are case-insensitive and SQLite's changegroup merges the two into
+    /// nothing; keyed by exact name, `concat` kept both and wrote `C`'s DELETE first.
+    #[test]
+    fn table_names_match_case_insensitively() {
+        let row = [KEY_1.as_slice(), &[3, 1, b'a']].concat();
+        let ins = group(b"c", &[[18, 0].as_slice(), &row].concat());
+        let del = group(b"C", &[[9, 0].as_slice(), &row].concat());
+        assert_eq!(concat(&ins, &del).unwrap(), Vec::<u8>::new());
+        // Changes that do not cancel land in one group, under the first spelling seen.
+        let upd = group(
+            b"C",
+            &[[23, 0].as_slice(), &KEY_1, &[3, 1, b'a'], &[0, 3, 1, b'b']].concat(),
+        );
+        let want = group(b"c", &[[18, 0].as_slice(), &KEY_1, &[3, 1, b'b']].concat());
+        assert_eq!(concat(&ins, &upd).unwrap(), want);
+    }
+
+    /// Found by the `changeset_decode` fuzz target (seed
+    /// `regression-concat-long-length-varint`): values whose length varint is spelled
+    /// longer than needed. An UPDATE 'a' → 'b' then 'b' → 'a', with the first 'a' spelled
+    /// `03 80 01 61`, is no change at all; compared byte-wise it stayed an UPDATE of
+    /// 'a' to 'a'.
+    #[test]
+    fn values_that_differ_only_in_their_length_varint_are_equal() {
+        let first = group(
+            b"t",
+            &[
+                [23, 0].as_slice(),
+                &KEY_1,
+                &[3, 0x80, 1, b'a'],
+                &[0, 3, 1, b'b'],
+            ]
+            .concat(),
+        );
+        let second = group(
+            b"t",
+            &[[23, 0].as_slice(), &KEY_1, &[3, 1, b'b'], &[0, 3, 1, b'a']].concat(),
+        );
+        assert_eq!(concat(&first, &second).unwrap(), Vec::<u8>::new());
+        // A DELETE and the INSERT of the same row back, the key spelled long in one.
+        // T t(k TEXT PRIMARY KEY)
+        let del = [b'T', 1, 1, b't', 0, 9, 0, 3, 0x80, 1, b'k'];
+        let ins = [b'T', 1, 1, b't', 0, 18, 0, 3, 1, b'k'];
+        assert_eq!(concat(&del, &ins).unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn another_key_or_a_malformed_input_is_an_error_naming_it() {
+        let a = group(b"t", &[[9, 0].as_slice(), &KEY_1, &[5]].concat());
+        // `T` has the key on its second column.
+        let b = [b'T', 2, 0, 1, b'T', 0, 9, 0, 5, 1, 0, 0, 0, 0, 0, 0, 0, 1].to_vec();
+        match concat(&a, &b) {
+            Err(ConcatError::Schema { table }) => assert_eq!(table, "T"),
+            other => panic!("{other:?}"),
+        }
+        match concat(&a, &[9]) {
+            Err(ConcatError::Format { which, source }) => {
+                assert_eq!((which, source.offset), ("second", 0));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -167,3 +167,42 @@ pub struct FormatError {
     /// What was wrong there.
     pub reason: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `changeset_decode` fuzz target (seed
+    /// `regression-invert-update-key-varint`): a key whose TEXT length varint is spelled
+    /// longer than needed (`80 01` for 1) names the same row as its shortest spelling,
+    /// which is how `invert` writes it back; with byte-wise keys a change and its
+    /// inverse named two rows and did not cancel in `concat`.
+    #[test]
+    fn a_key_spelled_with_a_long_length_varint_is_the_same_row() {
+        // T t(k TEXT PRIMARY KEY) | DELETE ('a'), once as 03 01 61, once as 03 80 01 61.
+        let short = [b'T', 1, 1, b't', 0, 9, 0, 3, 1, b'a'];
+        let long = [b'T', 1, 1, b't', 0, 9, 0, 3, 0x80, 0x01, b'a'];
+        let key = |buf: &[u8]| {
+            let groups = parse(buf).unwrap();
+            groups[0].1[0].key(groups[0].0.pk)
+        };
+        assert_eq!(key(&long), vec![3, 1, b'a']);
+        assert_eq!(key(&long), key(&short));
+    }
+
+    /// Found by the `changeset_decode` fuzz target (`regressions/.../invert-header-varint`):
+    /// a header's column count spelled `80 80 01` means the same header as `01`; the
+    /// spelling lives in `raw` only, which `invert` copies as SQLite does.
+    #[test]
+    fn headers_are_equal_whatever_the_spelling_of_their_column_count() {
+        let long = [b'T', 0x80, 0x80, 0x01, 1, b't', 0];
+        let short = [b'T', 1, 1, b't', 0];
+        let (a, b) = (parse(&long).unwrap(), parse(&short).unwrap());
+        assert_eq!(a[0].0.raw, &long[1..]);
+        assert_eq!(b[0].0.raw, &short[1..]);
+        assert_eq!(a[0].0, b[0].0);
+        // Another key or name is another header.
+        let other = parse(&[b'T', 1, 1, b'u', 0]).unwrap();
+        assert_ne!(a[0].0, other[0].0);
+    }
+}

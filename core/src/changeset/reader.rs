@@ -197,3 +197,166 @@ pub fn parse(buf: &[u8]) -> Result<Vec<(TableHeader<'_>, Vec<Change<'_>>)>, Form
     }
     Ok(tables)
 }
+
+/// Each refusal of the reader, on the smallest input that reaches it: the exact offset
+/// and reason, so that a check that is dropped or moved shows (the `changeset_decode`
+/// fuzz target feeds it any bytes and only asks that nothing panics).
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first error reading `buf`, as `(offset, reason)`.
+    fn refusal(buf: &[u8]) -> (usize, String) {
+        let e = parse(buf).expect_err("the input is malformed");
+        (e.offset, e.reason)
+    }
+
+    /// `T`, one INTEGER key column and one other, table `t`.
+    const HEADER: &[u8] = &[b'T', 2, 1, 0, b't', 0];
+
+    fn with_header(rest: &[u8]) -> Vec<u8> {
+        [HEADER, rest].concat()
+    }
+
+    const KEY_1: &[u8] = &[1, 0, 0, 0, 0, 0, 0, 0, 1];
+
+    #[test]
+    fn a_truncated_varint_names_what_it_was_read_for() {
+        assert_eq!(
+            refusal(&[b'T', 0x81]),
+            (1, "truncated varint (column count)".into())
+        );
+        // INSERT (1, TEXT of a length whose varint never ends).
+        let cs = with_header(&[[18, 0].as_slice(), KEY_1, &[3, 0x80, 0x80]].concat());
+        assert_eq!(
+            refusal(&cs),
+            (
+                HEADER.len() + 2 + 9 + 1,
+                "truncated varint (value length)".into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_length_longer_than_the_input_is_refused_before_it_is_read() {
+        // A TEXT of 2^56 bytes: refused by comparing with what is left, at the field.
+        let mut cs = with_header(&[[18, 0].as_slice(), KEY_1, &[3]].concat());
+        crate::varint::write(&mut cs, 1 << 56);
+        cs.extend_from_slice(b"abc");
+        let field = HEADER.len() + 2 + 9;
+        assert_eq!(
+            refusal(&cs),
+            (field, format!("value of {} bytes but 3 left", 1u64 << 56))
+        );
+        // One byte short.
+        let cs = with_header(&[[18, 0].as_slice(), KEY_1, &[3, 4, b'a', b'b', b'c']].concat());
+        assert_eq!(refusal(&cs), (field, "value of 4 bytes but 3 left".into()));
+        // An INTEGER needs its 8 bytes.
+        let cs = with_header(&[18, 0, 1, 0, 0]);
+        assert_eq!(refusal(&cs), (HEADER.len() + 2, "truncated value".into()));
+    }
+
+    #[test]
+    fn column_counts_outside_one_to_sqlite_s_maximum_are_refused() {
+        assert_eq!(
+            refusal(&[b'T', 0, b't', 0]),
+            (1, "table header has 0 columns".into())
+        );
+        let mut cs = vec![b'T'];
+        crate::varint::write(&mut cs, MAX_COLUMNS + 1);
+        assert_eq!(refusal(&cs), (1, "table header has 32768 columns".into()));
+        // The maximum itself is a header like any other.
+        let mut cs = vec![b'T'];
+        crate::varint::write(&mut cs, MAX_COLUMNS);
+        cs.push(1);
+        cs.resize(cs.len() + MAX_COLUMNS as usize - 1, 0);
+        cs.extend_from_slice(b"t\0");
+        let groups = parse(&cs).unwrap();
+        assert_eq!(groups[0].0.n_col(), MAX_COLUMNS as usize);
+        // More columns announced than the input has flags for.
+        assert_eq!(
+            refusal(&[b'T', 3, 1, 0]),
+            (2, "truncated: expected primary key flags".into())
+        );
+    }
+
+    #[test]
+    fn a_header_needs_a_key_and_a_utf8_nul_terminated_name() {
+        assert_eq!(
+            refusal(&[b'T', 2, 0, 0, b't', 0]),
+            (2, "table header has no primary key column".into())
+        );
+        assert_eq!(
+            refusal(&[b'T', 1, 1, b't']),
+            (3, "truncated: table name is not NUL-terminated".into())
+        );
+        assert_eq!(
+            refusal(&[b'T', 1, 1, 0xff, 0]),
+            (3, "table name is not UTF-8".into())
+        );
+        assert_eq!(refusal(&[b'T', 1, 1, 0]), (3, "empty table name".into()));
+    }
+
+    #[test]
+    fn op_bytes_other_than_sqlite_s_are_refused_and_patchsets_named() {
+        assert_eq!(
+            refusal(&with_header(&[0x13, 0])),
+            (HEADER.len(), "unexpected byte 0x13".into())
+        );
+        // A patchset table header ('P') is not a changeset's.
+        assert_eq!(
+            refusal(&[b'P', 1, 1, b't', 0]),
+            (0, "patchsets are not supported, only changesets".into())
+        );
+        // A change needs a table.
+        assert_eq!(
+            refusal(&[9, 0, 5]),
+            (0, "change before any table header".into())
+        );
+        assert_eq!(
+            refusal(&with_header(&[9, 2])),
+            (HEADER.len() + 1, "indirect flag is 2, not 0 or 1".into())
+        );
+        let cs = with_header(&[[18, 0].as_slice(), KEY_1, &[6]].concat());
+        assert_eq!(
+            refusal(&cs),
+            (HEADER.len() + 2 + 9, "unknown value type 0x06".into())
+        );
+    }
+
+    #[test]
+    fn records_must_define_what_their_op_needs() {
+        let undef = [0u8];
+        let null = [5u8];
+        for (change, why) in [
+            (
+                [[18, 0].as_slice(), KEY_1, &undef].concat(),
+                "INSERT with an undefined value",
+            ),
+            (
+                [[9, 0].as_slice(), KEY_1, &undef].concat(),
+                "DELETE with an undefined value",
+            ),
+            (
+                [[23, 0].as_slice(), &undef, &null, &undef, &null].concat(),
+                "UPDATE without its primary key",
+            ),
+            (
+                [[23, 0].as_slice(), KEY_1, &null, KEY_1, &null].concat(),
+                "UPDATE that changes a primary key column",
+            ),
+        ] {
+            assert_eq!(refusal(&with_header(&change)), (HEADER.len(), why.into()));
+        }
+    }
+
+    #[test]
+    fn the_reader_stops_at_its_first_error() {
+        // A bad op byte, then a well-formed change: nothing is read after the error.
+        let cs = with_header(&[[0x13].as_slice(), &[9, 0], KEY_1, &[5]].concat());
+        let items: Vec<_> = Reader::new(&cs).collect();
+        assert_eq!(items.len(), 2, "{items:?}");
+        assert!(matches!(items[0], Ok(Item::Table(_))));
+        assert!(items[1].is_err());
+    }
+}
