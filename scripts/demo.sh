@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 if ! command -v sqlite3 >/dev/null || ! command -v curl >/dev/null; then
   apt-get update -qq && apt-get install -y -qq sqlite3 curl >/dev/null
 fi
-cargo build --release -p pdb && cargo build --release -p pdb-witness
+cargo build --release -p personaldb && cargo build --release -p personaldb-witness
 work=$(mktemp -d)
 witness_pid=
 stop_witness() {

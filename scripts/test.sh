@@ -13,7 +13,7 @@ echo "== README: every command in its sh blocks is run by a test or the quick be
 /usr/bin/python3 tests/python/readme_commands.py check
 
 echo "== build libpdb (release)"
-cargo build --release -p pdb
+cargo build --release -p personaldb
 
 echo "== Rust: unit tests, integration tests against the session extension"
 cargo test --workspace

@@ -21,7 +21,7 @@ pub use pdb_testkit::{release_artifact, root};
 /// Path of the release `libpdb`.
 pub fn libpdb() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| release_artifact("pdb", "libpdb.so"))
+    LIB.get_or_init(|| release_artifact("personaldb", "libpdb.so"))
 }
 
 /// Loads `libpdb` into `conn`.

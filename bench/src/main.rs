@@ -407,7 +407,7 @@ fn bench() -> Res<()> {
     let started = Instant::now();
     if !opts.lib.exists() {
         return Err(format!(
-            "{} not found; run `cargo build --release -p pdb` first or pass --lib",
+            "{} not found; run `cargo build --release -p personaldb` first or pass --lib",
             opts.lib.display()
         )
         .into());

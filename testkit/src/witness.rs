@@ -11,7 +11,7 @@ use pdb_core::cert::{hex, parse_hash, Hash};
 /// Path of the release `pdb-witness`, built first (once per process).
 pub fn witness_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| crate::release_artifact("pdb-witness", "pdb-witness"))
+    BIN.get_or_init(|| crate::release_artifact("personaldb-witness", "pdb-witness"))
 }
 
 /// A running `pdb-witness serve`; killed (SIGKILL) when dropped.

@@ -2,7 +2,7 @@
 # Host test: the real, built libpdb loaded into Debian's sqlite3 command-line shell (3.40),
 # with what it captures compared byte for byte against the shell's own session extension.
 #
-#   cargo build --release -p pdb && cargo build --release -p pdb-witness && bash tests/cli/test_cli.sh
+#   cargo build --release -p personaldb && cargo build --release -p personaldb-witness && bash tests/cli/test_cli.sh
 #
 # Prints one line per check and "N passed, N failed" at the end; exits non-zero on any
 # failure. SQLITE3=/path/to/sqlite3 picks another shell; section 6 (sync) starts the
@@ -71,7 +71,7 @@ if [ ! -x "$SQLITE3" ]; then
     finish
 fi
 if [ ! -f "$LIB.so" ]; then
-    fail "libpdb is built" "$ROOT/${LIB#./}.so does not exist: run cargo build --release -p pdb"
+    fail "libpdb is built" "$ROOT/${LIB#./}.so does not exist: run cargo build --release -p personaldb"
     finish
 fi
 echo "# $("$SQLITE3" -version | cut -d' ' -f1-2), $LIB.so"
@@ -344,7 +344,7 @@ expect_eq "panic: the shell exits normally, reporting that an error occurred (rc
 sync_section() {
     if [ ! -x "$WITNESS" ]; then
         fail "sync: pdb-witness is built" \
-            "$WITNESS does not exist: run cargo build --release -p pdb-witness"
+            "$WITNESS does not exist: run cargo build --release -p personaldb-witness"
         return
     fi
     if ! command -v curl >/dev/null; then

@@ -4,9 +4,9 @@ Run with Debian's Python, whose sqlite3 module can load extensions:
 
     /usr/bin/python3 -m pytest tests/python -q
 
-The library must be built first: cargo build --release -p pdb
+The library must be built first: cargo build --release -p personaldb
 (PDB_LIB=/path/to/libpdb.so overrides the location.) The sync tests also need the
-witness: cargo build --release -p pdb-witness (PDB_WITNESS=/path/to/pdb-witness).
+witness: cargo build --release -p personaldb-witness (PDB_WITNESS=/path/to/pdb-witness).
 """
 
 import json
@@ -33,7 +33,7 @@ def _require_lib() -> Path:
     if not LIB_PATH.is_file():
         pytest.fail(
             f"libpdb is not built: {LIB_PATH} does not exist. "
-            f"Build it first with `cargo build --release -p pdb` in {REPO_ROOT}",
+            f"Build it first with `cargo build --release -p personaldb` in {REPO_ROOT}",
             pytrace=False,
         )
     if not hasattr(sqlite3.Connection, "enable_load_extension"):
@@ -178,7 +178,7 @@ def witness_path() -> Path:
     if not WITNESS_PATH.is_file():
         pytest.fail(
             f"pdb-witness is not built: {WITNESS_PATH} does not exist. "
-            f"Build it first with `cargo build --release -p pdb-witness` in {REPO_ROOT}",
+            f"Build it first with `cargo build --release -p personaldb-witness` in {REPO_ROOT}",
             pytrace=False,
         )
     return WITNESS_PATH

@@ -19,8 +19,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 README = REPO_ROOT / "README.md"
 
 # The package names, in one place: a rename edits these and README, nothing else here.
-PDB = "pdb"
-WITNESS = "pdb-witness"
+PDB = "personaldb"
+WITNESS = "personaldb-witness"
 BENCH = "pdb-bench"
 
 # Where a command runs. Each is checked by check_places() below.

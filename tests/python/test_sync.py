@@ -2,7 +2,7 @@
 /usr/bin/python3 sqlite3 module, talking to a real `pdb-witness serve` process (the
 session-wide `witness` fixture of conftest.py; each test makes its own group).
 
-    cargo build --release -p pdb && cargo build --release -p pdb-witness
+    cargo build --release -p personaldb && cargo build --release -p personaldb-witness
     /usr/bin/python3 -m pytest tests/python -q
 
 Certificates are checked with an Ed25519 verifier written here from RFC 8032 and with

@@ -131,7 +131,7 @@ fn bench() -> Res<()> {
     if commits == 0 || per == 0 || reps == 0 {
         return Err("PDB_APPLY_COMMITS, PDB_APPLY_CHANGES and PDB_APPLY_REPS must be > 0".into());
     }
-    let lib = prebuilt_artifact("PDB_LIB", "pdb", "libpdb.so")?;
+    let lib = prebuilt_artifact("PDB_LIB", "personaldb", "libpdb.so")?;
     let pdb_version: String = {
         let conn = Connection::open_in_memory()?;
         load_pdb(&conn, &lib)?;

@@ -47,8 +47,8 @@
 //! Targets: snapshot bootstrap at most 2x the physical reference and at least 20x
 //! faster than replay; peak RSS growth of the bootstrapping device at most 64 MB.
 //!
-//! Run: `cargo build --release -p pdb && cargo build --release -p pdb-witness &&
-//! cargo run --release -p pdb-bench --bin snapshot` (two builds, not one `-p pdb -p pdb-witness`:
+//! Run: `cargo build --release -p personaldb && cargo build --release -p personaldb-witness &&
+//! cargo run --release -p pdb-bench --bin snapshot` (two builds, not one `-p personaldb -p personaldb-witness`:
 //! built together, libpdb would take pdb-client's `rusqlite` feature from the witness).
 //! Environment: `PDB_SNAP_ROWS` (default 1000000),
 //! `PDB_SNAP_COMMIT_ROWS` (rows per commit, default 10000), `PDB_SNAP_SYNC_EVERY`
@@ -119,8 +119,8 @@ struct Settings {
 
 fn settings() -> Res<Settings> {
     let s = Settings {
-        lib: prebuilt_artifact("PDB_LIB", "pdb", "libpdb.so")?,
-        bin: prebuilt_artifact("PDB_WITNESS_BIN", "pdb-witness", "pdb-witness")?,
+        lib: prebuilt_artifact("PDB_LIB", "personaldb", "libpdb.so")?,
+        bin: prebuilt_artifact("PDB_WITNESS_BIN", "personaldb-witness", "pdb-witness")?,
         dir: std::env::var_os("PDB_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from),
         rows: env_num("PDB_SNAP_ROWS", 1_000_000)?,
         commit_rows: env_num("PDB_SNAP_COMMIT_ROWS", 10_000)?,

@@ -34,8 +34,8 @@
 //! All devices: WAL; part 3's also `synchronous=NORMAL` (as the apply benchmark), parts
 //! 1 and 2 SQLite's default (`FULL`) as an application would have it.
 //!
-//! Run: `cargo build --release -p pdb && cargo build --release -p pdb-witness &&
-//! cargo run --release -p pdb-bench --bin sync` (two builds, not one `-p pdb -p pdb-witness`:
+//! Run: `cargo build --release -p personaldb && cargo build --release -p personaldb-witness &&
+//! cargo run --release -p pdb-bench --bin sync` (two builds, not one `-p personaldb -p personaldb-witness`:
 //! built together, libpdb would take pdb-client's `rusqlite` feature from the witness).
 //! Environment: `PDB_SYNC_LATENCY_N` (measured commits, default 300),
 //! `PDB_SYNC_LATENCY_WARMUP` (default 5), `PDB_SYNC_LATENCY_GAP_MS` (default 10),
@@ -104,8 +104,8 @@ struct Settings {
 
 fn settings() -> Res<Settings> {
     let s = Settings {
-        lib: prebuilt_artifact("PDB_LIB", "pdb", "libpdb.so")?,
-        bin: prebuilt_artifact("PDB_WITNESS_BIN", "pdb-witness", "pdb-witness")?,
+        lib: prebuilt_artifact("PDB_LIB", "personaldb", "libpdb.so")?,
+        bin: prebuilt_artifact("PDB_WITNESS_BIN", "personaldb-witness", "pdb-witness")?,
         dir: std::env::var_os("PDB_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from),
         parts: std::env::var("PDB_SYNC_PARTS").unwrap_or_else(|_| "123".into()),
         latency_n: env_num("PDB_SYNC_LATENCY_N", 300)?,

@@ -37,7 +37,7 @@
 //!   is the witness's VmHWM (peak) and VmRSS (now) after each scenario; disk writes are
 //!   `/proc/<pid>/io` write_bytes.
 //!
-//! Run: `cargo build --release -p pdb-witness && cargo run --release -p pdb-bench --bin
+//! Run: `cargo build --release -p personaldb-witness && cargo run --release -p pdb-bench --bin
 //! witness`. Environment: `PDB_BENCH_SECS` (measured window, default 10),
 //! `PDB_BENCH_WARMUP` (default 2), `PDB_BENCH_THREADS` (generator worker threads,
 //! default 1), `PDB_BENCH_DIR` (where the temporary data directories go, default the
@@ -88,7 +88,7 @@ fn settings() -> Res<Settings> {
         warmup: env_num("PDB_BENCH_WARMUP", 2.0)?,
         threads: env_num("PDB_BENCH_THREADS", 1)?,
         dir: std::env::var_os("PDB_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from),
-        bin: prebuilt_artifact("PDB_WITNESS_BIN", "pdb-witness", "pdb-witness")?,
+        bin: prebuilt_artifact("PDB_WITNESS_BIN", "personaldb-witness", "pdb-witness")?,
     };
     if s.secs <= 0.0 || s.warmup < 0.0 || s.threads == 0 {
         return Err(

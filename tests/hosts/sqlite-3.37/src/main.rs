@@ -1,6 +1,6 @@
 //! Loads the release `libpdb` into SQLite 3.37.0, the oldest host PersonalDB supports,
 //! and checks that capture, commit, decoding and apply work there. Run after
-//! `cargo build --release -p pdb`: `cargo run --manifest-path tests/hosts/sqlite-3.37/Cargo.toml`.
+//! `cargo build --release -p personaldb`: `cargo run --manifest-path tests/hosts/sqlite-3.37/Cargo.toml`.
 
 use rusqlite::Connection;
 
