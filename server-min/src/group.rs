@@ -15,18 +15,9 @@ use tokio::sync::{oneshot, watch};
 
 use crate::metrics::Metrics;
 use crate::problem::{Code, Problem};
-use crate::replica::{Position, Refusal, Replica};
-use crate::request::CommitHeaders;
+use crate::replica::{replay, Position, Refusal, Replica};
+use crate::request::{CommitHeaders, Policy};
 use crate::store::{Store, StoredCommit};
-
-/// How a stale base is treated (`Pdb-Policy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    /// The base must be the head.
-    FastForward,
-    /// A stale base is fine if the changeset applies to the head without conflict.
-    RebaseIfClean,
-}
 
 /// A commit as submitted: its checked headers and the payload.
 #[derive(Debug, Clone)]
@@ -634,34 +625,4 @@ impl Sequencer {
         self.pos = pos;
         Ok(())
     }
-}
-
-/// Applies certified `commits` to `replica` from `pos`, checking that each one yields
-/// its certified head and state (start-up catch-up, restores of past heads).
-pub fn replay(
-    replica: &Replica,
-    pos: &mut Position,
-    commits: &[StoredCommit],
-) -> Result<(), String> {
-    for c in commits {
-        let seq = pos.seq + 1;
-        if c.cert.seq != seq || c.cert.prev != pos.head {
-            return Err(format!("commit {} does not follow {}", c.cert.seq, pos.seq));
-        }
-        let touched = replica
-            .validate(&c.changeset)
-            .map_err(|e| format!("commit {seq}: {e:?}"))?;
-        replica
-            .apply(&c.changeset, &touched, &mut pos.state)
-            .map_err(|e| format!("commit {seq} does not apply: {e:?}"))?;
-        let head = next_head(&pos.head, seq, &c.cert.changeset_hash);
-        if head != c.cert.head || pos.state.digest() != c.cert.state {
-            return Err(format!(
-                "commit {seq} does not reproduce its certified head and state"
-            ));
-        }
-        pos.seq = seq;
-        pos.head = head;
-    }
-    Ok(())
 }

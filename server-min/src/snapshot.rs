@@ -22,9 +22,9 @@ use pdb_core::snapshot::Manifest;
 use pdb_core::state::StateVector;
 use rusqlite::{params, Connection};
 
-use crate::group::{replay, Group};
+use crate::group::Group;
 use crate::problem::{Code, Problem};
-use crate::replica::{read_position, Position, Replica};
+use crate::replica::{read_position, replay, Position, Replica};
 use crate::store::{SnapshotRow, Store, CERT_COLUMNS};
 
 /// When snapshots are made and how many are kept.
