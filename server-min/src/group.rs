@@ -6,7 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
@@ -85,6 +85,9 @@ enum Job {
     Flush(mpsc::SyncSender<()>),
 }
 
+/// The groups by name, shared by the witness and the snapshot service.
+pub type Groups = Arc<RwLock<HashMap<String, Arc<Group>>>>;
+
 /// A running group: its info and the queue into its sequencer.
 pub struct Group {
     /// The group's description and durable head.
@@ -130,8 +133,20 @@ pub struct Env {
     pub key: Arc<SigningKey>,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// Where the snapshot policy sends its requests.
-    pub snapshots: Arc<crate::snapshot::Snapshots>,
+    /// Where the sequencer says a policy snapshot is due.
+    pub snapshot_due: SnapshotDue,
+}
+
+/// When a policy snapshot is due and whom to tell: the sequencer only counts and
+/// sends the group's name, so it holds nothing of the snapshot service.
+#[derive(Debug, Clone)]
+pub struct SnapshotDue {
+    /// After this many commits since the last snapshot (0: never by count).
+    pub every_commits: u64,
+    /// After this many changeset bytes since the last snapshot (0: never by size).
+    pub every_bytes: u64,
+    /// Receives the name of a group whose snapshot is due.
+    pub tx: mpsc::Sender<String>,
 }
 
 /// Catches the replica up with the history and starts the group's sequencer thread.
@@ -377,14 +392,15 @@ impl Sequencer {
                 .iter()
                 .map(|c| c.changeset.len() as u64)
                 .sum::<u64>();
-            let policy = self.env.snapshots.policy();
+            let policy = &self.env.snapshot_due;
             let due = (policy.every_commits > 0 && self.since_snapshot.0 >= policy.every_commits)
                 || (policy.every_bytes > 0 && self.since_snapshot.1 >= policy.every_bytes);
             if due {
                 self.since_snapshot = (0, 0);
                 // The snapshot copies the replica file: commit what it should hold.
                 self.flush();
-                self.env.snapshots.request(&self.name);
+                // Gone only when the witness is shutting down: nothing left to snapshot.
+                let _ = self.env.snapshot_due.tx.send(self.name.clone());
             }
         }
         for ((_, reply), outcome) in jobs.into_iter().zip(outcomes) {

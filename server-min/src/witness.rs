@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use ed25519_dalek::SigningKey;
 use pdb_core::cert::genesis;
 
-use crate::group::{self, Env, Group};
+use crate::group::{self, Env, Group, Groups, SnapshotDue};
 use crate::metrics::Metrics;
 use crate::problem::{Code, Problem};
 use crate::replica::{check_ddl, Replica, SchemaError};
-use crate::snapshot::{remove_db, replica_path, Groups, Policy, Snapshots};
+use crate::snapshot::{remove_db, replica_path, Policy, Snapshots};
 use crate::store::{Store, StoredCommit};
 
 /// Why the witness could not start.
@@ -37,6 +37,7 @@ pub struct Witness {
     metrics: Arc<Metrics>,
     groups: Groups,
     snapshots: Arc<Snapshots>,
+    snapshot_due: SnapshotDue,
     creating: Mutex<()>,
 }
 
@@ -79,7 +80,8 @@ impl Witness {
             }
         }
         let groups: Groups = Arc::new(RwLock::new(HashMap::new()));
-        let snapshots = Snapshots::open(data, store.clone(), key.clone(), policy, groups.clone())?;
+        let (snapshots, due) =
+            Snapshots::open(data, store.clone(), key.clone(), policy, groups.clone())?;
         let witness = Witness {
             data: data.to_path_buf(),
             store,
@@ -87,6 +89,11 @@ impl Witness {
             metrics,
             groups,
             snapshots,
+            snapshot_due: SnapshotDue {
+                every_commits: policy.every_commits,
+                every_bytes: policy.every_bytes,
+                tx: due,
+            },
             creating: Mutex::new(()),
         };
         for row in rows {
@@ -137,7 +144,7 @@ impl Witness {
             store: self.store.clone(),
             key: self.key.clone(),
             metrics: self.metrics.clone(),
-            snapshots: self.snapshots.clone(),
+            snapshot_due: self.snapshot_due.clone(),
         }
     }
 
