@@ -13,11 +13,11 @@ use ed25519_dalek::SigningKey;
 use pdb_core::cert::{genesis, hex, next_head, Certificate, Hash};
 use tokio::sync::{oneshot, watch};
 
+use crate::log::{Log, StoredCommit};
 use crate::metrics::Metrics;
 use crate::problem::{Code, Problem};
 use crate::replica::{replay, Position, Refusal, Replica};
 use crate::request::{CommitHeaders, Policy};
-use crate::store::{Store, StoredCommit};
 
 /// A commit as submitted: its checked headers and the payload.
 #[derive(Debug, Clone)]
@@ -126,9 +126,9 @@ fn unavailable(detail: impl Into<String>) -> Problem {
 }
 
 /// Shared things a sequencer needs.
-pub struct Env {
-    /// The history store.
-    pub store: Arc<Store>,
+pub struct Env<L: Log> {
+    /// The certified history.
+    pub log: Arc<L>,
     /// The witness's signing key.
     pub key: Arc<SigningKey>,
     /// Counters.
@@ -150,7 +150,13 @@ pub struct SnapshotDue {
 }
 
 /// Catches the replica up with the history and starts the group's sequencer thread.
-pub fn start(id: i64, name: &str, ddl: &str, replica: Replica, env: Env) -> Result<Group, String> {
+pub fn start<L: Log>(
+    id: i64,
+    name: &str,
+    ddl: &str,
+    replica: Replica,
+    env: Env<L>,
+) -> Result<Group, String> {
     let tables = serde_json::Value::Array(
         replica
             .tables()
@@ -175,7 +181,7 @@ pub fn start(id: i64, name: &str, ddl: &str, replica: Replica, env: Env) -> Resu
         open_batches: 0,
         since_snapshot: (0, 0),
         oldest: Arc::new(AtomicU64::new(
-            env.store.oldest_head(id).map_err(|e| e.to_string())?,
+            env.log.oldest_head(id).map_err(|e| e.to_string())?,
         )),
         env,
     };
@@ -183,16 +189,13 @@ pub fn start(id: i64, name: &str, ddl: &str, replica: Replica, env: Env) -> Resu
     // What the history grew by since the last snapshot, for the policy.
     let last = seq
         .env
-        .store
-        .snapshots(id)
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .find(|r| r.kind != "restore")
-        .map_or(0, |r| r.seq);
+        .log
+        .last_snapshot_seq(id)
+        .map_err(|e| e.to_string())?;
     seq.since_snapshot = (
         seq.pos.seq.saturating_sub(last),
         seq.env
-            .store
+            .log
             .bytes_after(id, last)
             .map_err(|e| e.to_string())?,
     );
@@ -228,7 +231,7 @@ const FLUSH_EVERY: usize = 256;
 /// ...or once no request came for this long.
 const FLUSH_IDLE: std::time::Duration = std::time::Duration::from_millis(20);
 
-struct Sequencer {
+struct Sequencer<L: Log> {
     id: i64,
     name: String,
     replica: Replica,
@@ -242,7 +245,7 @@ struct Sequencer {
     since_snapshot: (u64, u64),
     /// [`GroupInfo::oldest`].
     oldest: Arc<AtomicU64>,
-    env: Env,
+    env: Env<L>,
 }
 
 enum Outcome {
@@ -262,7 +265,7 @@ impl Outcome {
     }
 }
 
-impl Sequencer {
+impl<L: Log> Sequencer<L> {
     fn run(mut self, rx: Receiver<Job>, info: &GroupInfo) {
         loop {
             // While the replica has uncommitted batches, wake up to commit them once
@@ -358,7 +361,7 @@ impl Sequencer {
             }
             if !pending.is_empty() {
                 this.env
-                    .store
+                    .log
                     .append(this.id, pending.clone())
                     .map_err(|e| BatchFailed(e.to_string()))?;
             }
@@ -446,7 +449,7 @@ impl Sequencer {
         // Compacted commits are found too: exactly-once outlives the history's prefix.
         if let Some(earlier) = self
             .env
-            .store
+            .log
             .by_key(
                 self.id,
                 &self.name,
@@ -582,7 +585,7 @@ impl Sequencer {
         self.recent.push_back((seq, head));
     }
 
-    fn head_at(&self, seq: u64) -> Result<Option<Hash>, crate::store::StoreError> {
+    fn head_at(&self, seq: u64) -> Result<Option<Hash>, L::Error> {
         if seq == self.pos.seq {
             return Ok(Some(self.pos.head));
         }
@@ -594,18 +597,14 @@ impl Sequencer {
                 return Ok(self.recent.get((seq - first) as usize).map(|&(_, h)| h));
             }
         }
-        self.env.store.head_at(self.id, seq)
+        self.env.log.head_at(self.id, seq)
     }
 
     /// Replays the commits the history has and the replica lacks, checking that each
     /// yields the certified head and state (start-up, and after a failed replica commit).
     fn catch_up(&mut self) -> Result<(), String> {
         let mut pos = self.replica.position().map_err(|e| e.to_string())?;
-        let last = self
-            .env
-            .store
-            .last_seq(self.id)
-            .map_err(|e| e.to_string())?;
+        let last = self.env.log.last_seq(self.id).map_err(|e| e.to_string())?;
         if pos.seq > last {
             return Err(format!(
                 "group \"{}\": the replica is at seq {} but the history ends at {last}",
@@ -616,7 +615,7 @@ impl Sequencer {
         while pos.seq < last {
             let commits = self
                 .env
-                .store
+                .log
                 .commits_after(self.id, &self.name, wkey, pos.seq, 256, 64 << 20)
                 .map_err(|e| e.to_string())?;
             if commits.is_empty() {

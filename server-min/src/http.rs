@@ -20,8 +20,8 @@ use serde_json::{json, Value};
 
 use crate::auth::{Auth, Claims, Role};
 use crate::group::{Accepted, CommitRequest, Group};
+use crate::log::{Log, StoredCommit};
 use crate::problem::{Code, Problem};
-use crate::store::StoredCommit;
 use crate::witness::Witness;
 
 mod objects;

@@ -17,8 +17,8 @@ use rusqlite::session::{ConflictAction, ConflictType};
 use rusqlite::{params, Connection};
 use serde_json::json;
 
+use crate::log::StoredCommit;
 use crate::schema_guard;
-use crate::store::StoredCommit;
 
 /// The DDL of the replica's bookkeeping tables.
 pub const REPLICA_SQL: &str = include_str!("../../sql/replica.sql");

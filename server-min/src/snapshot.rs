@@ -23,6 +23,7 @@ use pdb_core::state::StateVector;
 use rusqlite::{params, Connection};
 
 use crate::group::{Group, Groups};
+use crate::log::Log;
 use crate::problem::{Code, Problem};
 use crate::replica::{read_position, replay, Position, Replica};
 use crate::store::{SnapshotRow, Store, CERT_COLUMNS};

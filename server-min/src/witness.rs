@@ -9,11 +9,12 @@ use ed25519_dalek::SigningKey;
 use pdb_core::cert::genesis;
 
 use crate::group::{self, Env, Group, Groups, SnapshotDue};
+use crate::log::{Log, StoredCommit};
 use crate::metrics::Metrics;
 use crate::problem::{Code, Problem};
 use crate::replica::{check_ddl, Replica, SchemaError};
 use crate::snapshot::{remove_db, replica_path, Policy, Snapshots};
-use crate::store::{Store, StoredCommit};
+use crate::store::Store;
 
 /// Why the witness could not start.
 #[derive(Debug, thiserror::Error)]
@@ -139,9 +140,9 @@ impl Witness {
         Ok(witness)
     }
 
-    fn env(&self) -> Env {
+    fn env(&self) -> Env<Store> {
         Env {
-            store: self.store.clone(),
+            log: self.store.clone(),
             key: self.key.clone(),
             metrics: self.metrics.clone(),
             snapshot_due: self.snapshot_due.clone(),
