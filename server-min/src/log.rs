@@ -1,7 +1,7 @@
 //! The certified history as a group's sequencer sees it: the one narrow interface
 //! between ordering commits and keeping them, so that the history can live somewhere
 //! other than `witness.db` (a server database, say) without touching the sequencer.
-//! [`crate::store::Store`] is the SQLite implementation.
+//! The SQLite implementation is `Store` in `store.rs`.
 
 use bytes::Bytes;
 use pdb_core::cert::{Certificate, Hash};
