@@ -6,27 +6,18 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use pdb_core::cert::{genesis, hex, next_head, Certificate, Hash};
 use tokio::sync::{oneshot, watch};
 
+use crate::log::{Log, StoredCommit};
 use crate::metrics::Metrics;
 use crate::problem::{Code, Problem};
-use crate::replica::{Position, Refusal, Replica};
-use crate::request::CommitHeaders;
-use crate::store::{Store, StoredCommit};
-
-/// How a stale base is treated (`Pdb-Policy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    /// The base must be the head.
-    FastForward,
-    /// A stale base is fine if the changeset applies to the head without conflict.
-    RebaseIfClean,
-}
+use crate::replica::{replay, Position, Refusal, Replica};
+use crate::request::{CommitHeaders, Policy};
 
 /// A commit as submitted: its checked headers and the payload.
 #[derive(Debug, Clone)]
@@ -94,6 +85,9 @@ enum Job {
     Flush(mpsc::SyncSender<()>),
 }
 
+/// The groups by name, shared by the witness and the snapshot service.
+pub type Groups = Arc<RwLock<HashMap<String, Arc<Group>>>>;
+
 /// A running group: its info and the queue into its sequencer.
 pub struct Group {
     /// The group's description and durable head.
@@ -132,19 +126,37 @@ fn unavailable(detail: impl Into<String>) -> Problem {
 }
 
 /// Shared things a sequencer needs.
-pub struct Env {
-    /// The history store.
-    pub store: Arc<Store>,
+pub struct Env<L: Log> {
+    /// The certified history.
+    pub log: Arc<L>,
     /// The witness's signing key.
     pub key: Arc<SigningKey>,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// Where the snapshot policy sends its requests.
-    pub snapshots: Arc<crate::snapshot::Snapshots>,
+    /// Where the sequencer says a policy snapshot is due.
+    pub snapshot_due: SnapshotDue,
+}
+
+/// When a policy snapshot is due and whom to tell: the sequencer only counts and
+/// sends the group's name, so it holds nothing of the snapshot service.
+#[derive(Debug, Clone)]
+pub struct SnapshotDue {
+    /// After this many commits since the last snapshot (0: never by count).
+    pub every_commits: u64,
+    /// After this many changeset bytes since the last snapshot (0: never by size).
+    pub every_bytes: u64,
+    /// Receives the name of a group whose snapshot is due.
+    pub tx: mpsc::Sender<String>,
 }
 
 /// Catches the replica up with the history and starts the group's sequencer thread.
-pub fn start(id: i64, name: &str, ddl: &str, replica: Replica, env: Env) -> Result<Group, String> {
+pub fn start<L: Log>(
+    id: i64,
+    name: &str,
+    ddl: &str,
+    replica: Replica,
+    env: Env<L>,
+) -> Result<Group, String> {
     let tables = serde_json::Value::Array(
         replica
             .tables()
@@ -169,7 +181,7 @@ pub fn start(id: i64, name: &str, ddl: &str, replica: Replica, env: Env) -> Resu
         open_batches: 0,
         since_snapshot: (0, 0),
         oldest: Arc::new(AtomicU64::new(
-            env.store.oldest_head(id).map_err(|e| e.to_string())?,
+            env.log.oldest_head(id).map_err(|e| e.to_string())?,
         )),
         env,
     };
@@ -177,16 +189,13 @@ pub fn start(id: i64, name: &str, ddl: &str, replica: Replica, env: Env) -> Resu
     // What the history grew by since the last snapshot, for the policy.
     let last = seq
         .env
-        .store
-        .snapshots(id)
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .find(|r| r.kind != "restore")
-        .map_or(0, |r| r.seq);
+        .log
+        .last_snapshot_seq(id)
+        .map_err(|e| e.to_string())?;
     seq.since_snapshot = (
         seq.pos.seq.saturating_sub(last),
         seq.env
-            .store
+            .log
             .bytes_after(id, last)
             .map_err(|e| e.to_string())?,
     );
@@ -222,7 +231,7 @@ const FLUSH_EVERY: usize = 256;
 /// ...or once no request came for this long.
 const FLUSH_IDLE: std::time::Duration = std::time::Duration::from_millis(20);
 
-struct Sequencer {
+struct Sequencer<L: Log> {
     id: i64,
     name: String,
     replica: Replica,
@@ -236,7 +245,7 @@ struct Sequencer {
     since_snapshot: (u64, u64),
     /// [`GroupInfo::oldest`].
     oldest: Arc<AtomicU64>,
-    env: Env,
+    env: Env<L>,
 }
 
 enum Outcome {
@@ -256,7 +265,7 @@ impl Outcome {
     }
 }
 
-impl Sequencer {
+impl<L: Log> Sequencer<L> {
     fn run(mut self, rx: Receiver<Job>, info: &GroupInfo) {
         loop {
             // While the replica has uncommitted batches, wake up to commit them once
@@ -352,7 +361,7 @@ impl Sequencer {
             }
             if !pending.is_empty() {
                 this.env
-                    .store
+                    .log
                     .append(this.id, pending.clone())
                     .map_err(|e| BatchFailed(e.to_string()))?;
             }
@@ -386,14 +395,15 @@ impl Sequencer {
                 .iter()
                 .map(|c| c.changeset.len() as u64)
                 .sum::<u64>();
-            let policy = self.env.snapshots.policy();
+            let policy = &self.env.snapshot_due;
             let due = (policy.every_commits > 0 && self.since_snapshot.0 >= policy.every_commits)
                 || (policy.every_bytes > 0 && self.since_snapshot.1 >= policy.every_bytes);
             if due {
                 self.since_snapshot = (0, 0);
                 // The snapshot copies the replica file: commit what it should hold.
                 self.flush();
-                self.env.snapshots.request(&self.name);
+                // Gone only when the witness is shutting down: nothing left to snapshot.
+                let _ = self.env.snapshot_due.tx.send(self.name.clone());
             }
         }
         for ((_, reply), outcome) in jobs.into_iter().zip(outcomes) {
@@ -439,7 +449,7 @@ impl Sequencer {
         // Compacted commits are found too: exactly-once outlives the history's prefix.
         if let Some(earlier) = self
             .env
-            .store
+            .log
             .by_key(
                 self.id,
                 &self.name,
@@ -575,7 +585,7 @@ impl Sequencer {
         self.recent.push_back((seq, head));
     }
 
-    fn head_at(&self, seq: u64) -> Result<Option<Hash>, crate::store::StoreError> {
+    fn head_at(&self, seq: u64) -> Result<Option<Hash>, L::Error> {
         if seq == self.pos.seq {
             return Ok(Some(self.pos.head));
         }
@@ -587,18 +597,14 @@ impl Sequencer {
                 return Ok(self.recent.get((seq - first) as usize).map(|&(_, h)| h));
             }
         }
-        self.env.store.head_at(self.id, seq)
+        self.env.log.head_at(self.id, seq)
     }
 
     /// Replays the commits the history has and the replica lacks, checking that each
     /// yields the certified head and state (start-up, and after a failed replica commit).
     fn catch_up(&mut self) -> Result<(), String> {
         let mut pos = self.replica.position().map_err(|e| e.to_string())?;
-        let last = self
-            .env
-            .store
-            .last_seq(self.id)
-            .map_err(|e| e.to_string())?;
+        let last = self.env.log.last_seq(self.id).map_err(|e| e.to_string())?;
         if pos.seq > last {
             return Err(format!(
                 "group \"{}\": the replica is at seq {} but the history ends at {last}",
@@ -609,7 +615,7 @@ impl Sequencer {
         while pos.seq < last {
             let commits = self
                 .env
-                .store
+                .log
                 .commits_after(self.id, &self.name, wkey, pos.seq, 256, 64 << 20)
                 .map_err(|e| e.to_string())?;
             if commits.is_empty() {
@@ -634,34 +640,4 @@ impl Sequencer {
         self.pos = pos;
         Ok(())
     }
-}
-
-/// Applies certified `commits` to `replica` from `pos`, checking that each one yields
-/// its certified head and state (start-up catch-up, restores of past heads).
-pub fn replay(
-    replica: &Replica,
-    pos: &mut Position,
-    commits: &[StoredCommit],
-) -> Result<(), String> {
-    for c in commits {
-        let seq = pos.seq + 1;
-        if c.cert.seq != seq || c.cert.prev != pos.head {
-            return Err(format!("commit {} does not follow {}", c.cert.seq, pos.seq));
-        }
-        let touched = replica
-            .validate(&c.changeset)
-            .map_err(|e| format!("commit {seq}: {e:?}"))?;
-        replica
-            .apply(&c.changeset, &touched, &mut pos.state)
-            .map_err(|e| format!("commit {seq} does not apply: {e:?}"))?;
-        let head = next_head(&pos.head, seq, &c.cert.changeset_hash);
-        if head != c.cert.head || pos.state.digest() != c.cert.state {
-            return Err(format!(
-                "commit {seq} does not reproduce its certified head and state"
-            ));
-        }
-        pos.seq = seq;
-        pos.head = head;
-    }
-    Ok(())
 }

@@ -5,6 +5,7 @@
 //! - [`replica`]: a group's tables, kept at the head with the session extension.
 //! - [`schema_guard`]: the only way a group's DDL reaches SQLite.
 //! - [`snapshot`]: database images at a head, the object store, retention.
+//! - [`log`]: the history as the sequencer uses it, a trait any store can implement.
 //! - [`store`]: the durable history (`witness.db`) and its group-commit writer.
 //! - [`http`], [`request`], [`auth`], [`problem`]: the HTTP API over the core.
 //! - [`limits`]: connections, idle and request time a client may hold.
@@ -16,6 +17,7 @@ pub mod group;
 pub mod http;
 pub mod keys;
 pub mod limits;
+pub mod log;
 pub mod metrics;
 pub mod problem;
 pub mod replica;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use pdb_core::cert::Hash;
+use pdb_core::cert::{next_head, Hash};
 use pdb_core::changeset::{self, Op};
 use pdb_core::db::rusqlite_impl::{from_rusqlite, to_rusqlite};
 use pdb_core::schema::{self, affinity, kept_as_is, quote, Affinity, TableInfo};
@@ -15,9 +15,10 @@ use pdb_core::state::StateVector;
 use pdb_core::value::{decode_field, Value};
 use rusqlite::session::{ConflictAction, ConflictType};
 use rusqlite::{params, Connection};
-
-use crate::schema_guard;
 use serde_json::json;
+
+use crate::log::StoredCommit;
+use crate::schema_guard;
 
 /// The DDL of the replica's bookkeeping tables.
 pub const REPLICA_SQL: &str = include_str!("../../sql/replica.sql");
@@ -623,4 +624,34 @@ fn describe_conflict(
         _ => Op::Delete.name(),
     };
     json!({ "table": name, "op": op_name, "key": key, "reason": reason })
+}
+
+/// Applies certified `commits` to `replica` from `pos`, checking that each one yields
+/// its certified head and state (start-up catch-up, restores of past heads).
+pub fn replay(
+    replica: &Replica,
+    pos: &mut Position,
+    commits: &[StoredCommit],
+) -> Result<(), String> {
+    for c in commits {
+        let seq = pos.seq + 1;
+        if c.cert.seq != seq || c.cert.prev != pos.head {
+            return Err(format!("commit {} does not follow {}", c.cert.seq, pos.seq));
+        }
+        let touched = replica
+            .validate(&c.changeset)
+            .map_err(|e| format!("commit {seq}: {e:?}"))?;
+        replica
+            .apply(&c.changeset, &touched, &mut pos.state)
+            .map_err(|e| format!("commit {seq} does not apply: {e:?}"))?;
+        let head = next_head(&pos.head, seq, &c.cert.changeset_hash);
+        if head != c.cert.head || pos.state.digest() != c.cert.state {
+            return Err(format!(
+                "commit {seq} does not reproduce its certified head and state"
+            ));
+        }
+        pos.seq = seq;
+        pos.head = head;
+    }
+    Ok(())
 }

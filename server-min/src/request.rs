@@ -2,8 +2,16 @@
 
 use pdb_core::cert::{parse_hash, Hash};
 
-use crate::group::Policy;
 use crate::problem::{Code, Problem};
+
+/// How a stale base is treated (`Pdb-Policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// The base must be the head.
+    FastForward,
+    /// A stale base is fine if the changeset applies to the head without conflict.
+    RebaseIfClean,
+}
 
 /// The headers of `POST /v1/groups/{g}/commits`, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]

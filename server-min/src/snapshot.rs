@@ -8,12 +8,12 @@
 //! their signed manifests in `witness.db`. After a new snapshot, retention may delete
 //! older ones and compact the commits before the oldest one kept.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::VecDeque;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::SigningKey;
 use pdb_core::cert::{genesis, hex, Hash};
@@ -22,9 +22,10 @@ use pdb_core::snapshot::Manifest;
 use pdb_core::state::StateVector;
 use rusqlite::{params, Connection};
 
-use crate::group::{replay, Group};
+use crate::group::{Group, Groups};
+use crate::log::Log;
 use crate::problem::{Code, Problem};
-use crate::replica::{read_position, Position, Replica};
+use crate::replica::{read_position, replay, Position, Replica};
 use crate::store::{SnapshotRow, Store, CERT_COLUMNS};
 
 /// When snapshots are made and how many are kept.
@@ -70,9 +71,6 @@ impl Kind {
     }
 }
 
-/// The groups by name, shared with the witness.
-pub type Groups = Arc<RwLock<HashMap<String, Arc<Group>>>>;
-
 /// The snapshot maker and object store.
 pub struct Snapshots {
     data: PathBuf,
@@ -82,9 +80,6 @@ pub struct Snapshots {
     groups: Groups,
     /// One snapshot at a time: each reads a whole replica and writes a whole file.
     making: Mutex<()>,
-    due: Mutex<Option<Sender<String>>>,
-    /// Groups with a policy snapshot queued, so a busy group queues one, not many.
-    queued: Mutex<HashSet<String>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Problem {
@@ -206,14 +201,15 @@ impl Drop for Scratch {
 
 impl Snapshots {
     /// Opens the object store under `data` (clearing what a crash left half-made) and
-    /// starts the thread that makes policy snapshots.
+    /// starts the thread that makes policy snapshots; the sender takes the names of
+    /// groups whose snapshot is due.
     pub fn open(
         data: &Path,
         store: Arc<Store>,
         key: Arc<SigningKey>,
         policy: Policy,
         groups: Groups,
-    ) -> std::io::Result<Arc<Snapshots>> {
+    ) -> std::io::Result<(Arc<Snapshots>, Sender<String>)> {
         let tmp = data.join("objects").join("tmp");
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)?;
@@ -226,21 +222,13 @@ impl Snapshots {
             policy,
             groups,
             making: Mutex::new(()),
-            due: Mutex::new(None),
-            queued: Mutex::new(HashSet::new()),
         });
         let (tx, rx) = mpsc::channel();
-        *snaps.due.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
         let weak = Arc::downgrade(&snaps);
         std::thread::Builder::new()
             .name("pdb-snapshots".into())
             .spawn(move || policy_loop(&weak, &rx))?;
-        Ok(snaps)
-    }
-
-    /// The policy.
-    pub fn policy(&self) -> Policy {
-        self.policy
+        Ok((snaps, tx))
     }
 
     /// The file of an object.
@@ -257,21 +245,6 @@ impl Snapshots {
                 .join("tmp")
                 .join(format!("{what}-{}.db", hex(&r))),
         )
-    }
-
-    /// Asks the background thread for a policy snapshot of `group`.
-    pub fn request(&self, group: &str) {
-        if !self
-            .queued
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(group.to_string())
-        {
-            return;
-        }
-        if let Some(tx) = &*self.due.lock().unwrap_or_else(|e| e.into_inner()) {
-            let _ = tx.send(group.to_string());
-        }
     }
 
     /// The newest snapshot of `group`.
@@ -610,13 +583,27 @@ impl Snapshots {
     }
 }
 
+/// Makes the policy snapshots the sequencers ask for, one at a time. Requests that
+/// came meanwhile are taken together, so a busy group that asked many times during a
+/// long snapshot gets one more, not one per request.
 fn policy_loop(snaps: &std::sync::Weak<Snapshots>, rx: &Receiver<String>) {
-    while let Ok(name) = rx.recv() {
+    let mut queue: VecDeque<String> = VecDeque::new();
+    loop {
+        if queue.is_empty() {
+            match rx.recv() {
+                Ok(name) => queue.push_back(name),
+                Err(_) => return,
+            }
+        }
+        while let Ok(name) = rx.try_recv() {
+            if !queue.contains(&name) {
+                queue.push_back(name);
+            }
+        }
+        let Some(name) = queue.pop_front() else {
+            continue;
+        };
         let Some(s) = snaps.upgrade() else { return };
-        s.queued
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&name);
         let group = s
             .groups
             .read()

@@ -1,6 +1,8 @@
 //! The history store: `witness.db` (see `sql/witness.sql`), written by one thread that
 //! batches the commits of every group into one transaction, so one fsync certifies many
-//! commits (group commit), and read through a small pool of connections.
+//! commits (group commit), and read through a small pool of connections. It is the
+//! SQLite implementation of [`Log`], plus what only the witness itself needs (groups,
+//! snapshot rows, maintenance).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use pdb_core::cert::{Certificate, Hash};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::log::{Log, StoredCommit};
 
 /// The DDL of the history store.
 pub const WITNESS_SQL: &str = include_str!("../../sql/witness.sql");
@@ -26,19 +30,6 @@ pub enum StoreError {
     /// What is on disk contradicts itself.
     #[error("history store is inconsistent: {0}")]
     Corrupt(String),
-}
-
-/// One certified commit as stored and served.
-#[derive(Debug, Clone)]
-pub struct StoredCommit {
-    /// Its certificate.
-    pub cert: Certificate,
-    /// `Pdb-Client` of the device that submitted it.
-    pub client: Option<String>,
-    /// `Pdb-Meta` as submitted.
-    pub meta: Option<String>,
-    /// The payload (a changeset).
-    pub changeset: Bytes,
 }
 
 /// A group as registered in the history store.
@@ -185,22 +176,6 @@ impl Store {
         tx.send(op).map_err(|_| StoreError::Stopped)
     }
 
-    /// Appends `commits` (consecutive seqs of one group) durably; returns once they
-    /// are synced to disk.
-    pub fn append(&self, group_id: i64, commits: Vec<StoredCommit>) -> Result<(), StoreError> {
-        let (done, wait) = mpsc::sync_channel(1);
-        self.send(WriteOp::Commits {
-            group_id,
-            commits,
-            done,
-        })?;
-        match wait.recv() {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Corrupt(e)),
-            Err(_) => Err(StoreError::Stopped),
-        }
-    }
-
     /// Registers a group durably and returns its id.
     pub fn create_group(
         &self,
@@ -313,32 +288,6 @@ impl Store {
         })
     }
 
-    /// The oldest seq whose head the group's history still holds: 0 unless commits
-    /// were compacted away, else the seq just before the first one kept.
-    pub fn oldest_head(&self, group_id: i64) -> Result<u64, StoreError> {
-        self.read(|c| {
-            c.query_row(
-                "SELECT min(seq) FROM commits WHERE group_id = ?1",
-                [group_id],
-                |r| r.get::<_, Option<i64>>(0),
-            )
-        })
-        .map(|first| first.map_or(0, |s| (s as u64).saturating_sub(1)))
-    }
-
-    /// Bytes of changesets after `seq` (what a snapshot at `seq` saves a new device).
-    pub fn bytes_after(&self, group_id: i64, seq: u64) -> Result<u64, StoreError> {
-        self.read(|c| {
-            c.query_row(
-                "SELECT coalesce(sum(length(changeset)), 0) FROM commits \
-                 WHERE group_id = ?1 AND seq > ?2",
-                params![group_id, seq as i64],
-                |r| r.get::<_, i64>(0),
-            )
-        })
-        .map(|n| n as u64)
-    }
-
     /// Runs `f` on a pooled read connection.
     pub fn read<T>(
         &self,
@@ -385,9 +334,49 @@ impl Store {
             rows.collect()
         })
     }
+}
 
-    /// The highest seq stored for a group (0 if none).
-    pub fn last_seq(&self, group_id: i64) -> Result<u64, StoreError> {
+impl Log for Store {
+    type Error = StoreError;
+
+    fn append(&self, group_id: i64, commits: Vec<StoredCommit>) -> Result<(), StoreError> {
+        let (done, wait) = mpsc::sync_channel(1);
+        self.send(WriteOp::Commits {
+            group_id,
+            commits,
+            done,
+        })?;
+        match wait.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Corrupt(e)),
+            Err(_) => Err(StoreError::Stopped),
+        }
+    }
+
+    fn oldest_head(&self, group_id: i64) -> Result<u64, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT min(seq) FROM commits WHERE group_id = ?1",
+                [group_id],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+        })
+        .map(|first| first.map_or(0, |s| (s as u64).saturating_sub(1)))
+    }
+
+    fn bytes_after(&self, group_id: i64, seq: u64) -> Result<u64, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT coalesce(sum(length(changeset)), 0) FROM commits \
+                 WHERE group_id = ?1 AND seq > ?2",
+                params![group_id, seq as i64],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .map(|n| n as u64)
+    }
+
+    fn last_seq(&self, group_id: i64) -> Result<u64, StoreError> {
         self.read(|c| {
             c.query_row(
                 "SELECT coalesce(max(seq), 0) FROM commits WHERE group_id = ?1",
@@ -398,9 +387,7 @@ impl Store {
         .map(|s| s as u64)
     }
 
-    /// The commit an idempotency key was certified with in a group, if any. A compacted
-    /// commit is found too (its certificate is kept), with an empty changeset.
-    pub fn by_key(
+    fn by_key(
         &self,
         group_id: i64,
         group: &str,
@@ -421,9 +408,7 @@ impl Store {
         })
     }
 
-    /// `head(seq)` as stored: the head of commit `seq`, or the `prev` of commit
-    /// `seq + 1` when `seq` itself was compacted away.
-    pub fn head_at(&self, group_id: i64, seq: u64) -> Result<Option<Hash>, StoreError> {
+    fn head_at(&self, group_id: i64, seq: u64) -> Result<Option<Hash>, StoreError> {
         self.read(|c| {
             c.query_row(
                 "SELECT CASE WHEN seq = ?2 THEN head ELSE prev END FROM commits \
@@ -435,9 +420,7 @@ impl Store {
         })
     }
 
-    /// Commits after `after`, in order: at most `limit`, and no more than `max_bytes` of
-    /// changesets (but always at least one, so a large commit can still be read).
-    pub fn commits_after(
+    fn commits_after(
         &self,
         group_id: i64,
         group: &str,
@@ -464,6 +447,14 @@ impl Store {
             }
             Ok(out)
         })
+    }
+
+    fn last_snapshot_seq(&self, group_id: i64) -> Result<u64, StoreError> {
+        Ok(self
+            .snapshots(group_id)?
+            .into_iter()
+            .find(|r| r.kind != "restore")
+            .map_or(0, |r| r.seq))
     }
 }
 

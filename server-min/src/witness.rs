@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use ed25519_dalek::SigningKey;
 use pdb_core::cert::genesis;
 
-use crate::group::{self, Env, Group};
+use crate::group::{self, Env, Group, Groups, SnapshotDue};
+use crate::log::{Log, StoredCommit};
 use crate::metrics::Metrics;
 use crate::problem::{Code, Problem};
 use crate::replica::{check_ddl, Replica, SchemaError};
-use crate::snapshot::{remove_db, replica_path, Groups, Policy, Snapshots};
-use crate::store::{Store, StoredCommit};
+use crate::snapshot::{remove_db, replica_path, Policy, Snapshots};
+use crate::store::Store;
 
 /// Why the witness could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,7 @@ pub struct Witness {
     metrics: Arc<Metrics>,
     groups: Groups,
     snapshots: Arc<Snapshots>,
+    snapshot_due: SnapshotDue,
     creating: Mutex<()>,
 }
 
@@ -79,7 +81,8 @@ impl Witness {
             }
         }
         let groups: Groups = Arc::new(RwLock::new(HashMap::new()));
-        let snapshots = Snapshots::open(data, store.clone(), key.clone(), policy, groups.clone())?;
+        let (snapshots, due) =
+            Snapshots::open(data, store.clone(), key.clone(), policy, groups.clone())?;
         let witness = Witness {
             data: data.to_path_buf(),
             store,
@@ -87,6 +90,11 @@ impl Witness {
             metrics,
             groups,
             snapshots,
+            snapshot_due: SnapshotDue {
+                every_commits: policy.every_commits,
+                every_bytes: policy.every_bytes,
+                tx: due,
+            },
             creating: Mutex::new(()),
         };
         for row in rows {
@@ -132,12 +140,12 @@ impl Witness {
         Ok(witness)
     }
 
-    fn env(&self) -> Env {
+    fn env(&self) -> Env<Store> {
         Env {
-            store: self.store.clone(),
+            log: self.store.clone(),
             key: self.key.clone(),
             metrics: self.metrics.clone(),
-            snapshots: self.snapshots.clone(),
+            snapshot_due: self.snapshot_due.clone(),
         }
     }
 

@@ -14,10 +14,9 @@ use std::path::PathBuf;
 
 use pdb_core::cert::{genesis, hex, Hash};
 use pdb_core::state::StateVector;
-use pdb_witness::group::Policy;
 use pdb_witness::problem::Code;
 use pdb_witness::replica::{Refusal, Replica};
-use pdb_witness::request::{commit_headers, CommitHeaders, MAX_META};
+use pdb_witness::request::{commit_headers, CommitHeaders, Policy, MAX_META};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use rusqlite::Connection;
