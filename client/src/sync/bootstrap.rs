@@ -27,7 +27,7 @@ use crate::state::StateVector;
 use crate::sync::config::{self, Config};
 use crate::sync::rebase::{self, Incoming, SNAPSHOT_SCHEMA};
 use crate::sync::status;
-use crate::transport::Remote;
+use crate::transport::Witness;
 use crate::value::{Value, ValueRef};
 use crate::Error;
 
@@ -143,7 +143,7 @@ fn io_error(file: &Path, e: std::io::Error) -> Error {
 
 /// Downloads the image of `m` into `file`, resuming from what it already holds, and
 /// checks its size and BLAKE3. Returns how many bytes already there were kept.
-fn download(remote: &Remote, m: &Manifest, file: &Path, db_path: &str) -> Result<u64, Error> {
+fn download(remote: &dyn Witness, m: &Manifest, file: &Path, db_path: &str) -> Result<u64, Error> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -258,7 +258,7 @@ fn download(remote: &Remote, m: &Manifest, file: &Path, db_path: &str) -> Result
 
 /// The certificate of `m.seq`, checked against the pinned key, and the manifest's head
 /// and state checked against it: the image must be of a head in the certified history.
-fn certificate_of(remote: &Remote, cfg: &Config, m: &Manifest) -> Result<Certificate, Error> {
+fn certificate_of(remote: &dyn Witness, cfg: &Config, m: &Manifest) -> Result<Certificate, Error> {
     if m.seq == 0 {
         return Err(refused("a snapshot at seq 0 holds nothing to start from"));
     }
@@ -510,7 +510,7 @@ pub fn set_file_state(f: FileState) {
 pub fn bootstrap<D: Db>(
     db: &D,
     cfg: &Config,
-    remote: &Remote,
+    remote: &dyn Witness,
     db_path: &str,
     reason: Reason,
 ) -> Result<Option<Bootstrapped>, Error> {
@@ -539,7 +539,7 @@ pub fn bootstrap<D: Db>(
 /// its answer lost. Laid under a snapshot that already holds it, it must leave the
 /// queue as confirmed rather than be rebased and sent again; after the compaction of
 /// its seq no pull would show it.
-fn settle_in_flight<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<(), Error> {
+fn settle_in_flight<D: Db>(db: &D, cfg: &Config, remote: &dyn Witness) -> Result<(), Error> {
     if !capture::has_schema(db)? {
         return Ok(());
     }
@@ -573,7 +573,7 @@ fn settle_in_flight<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<(), 
 fn fetch<D: Db>(
     db: &D,
     cfg: &Config,
-    remote: &Remote,
+    remote: &dyn Witness,
     db_path: &str,
     reason: Reason,
 ) -> Result<Option<(Manifest, Certificate, PathBuf, u64)>, Error> {
@@ -623,7 +623,7 @@ fn fetch<D: Db>(
 fn run<D: Db>(
     db: &D,
     cfg: &Config,
-    remote: &Remote,
+    remote: &dyn Witness,
     db_path: &str,
     reason: Reason,
 ) -> Result<Option<Bootstrapped>, Error> {

@@ -27,7 +27,7 @@ use crate::db::{Db, Stmt};
 use crate::error::TransportError;
 use crate::problem::Code;
 use crate::schema::schema_hash;
-use crate::transport::{Remote, Submission};
+use crate::transport::{Remote, Submission, Witness};
 use crate::value::{Value, ValueRef};
 use crate::Error;
 use config::Config;
@@ -140,7 +140,7 @@ fn persist_status<D: Db>(
 
 /// Checks once per process that the group is signed by the pinned key and has this
 /// device's schema, so a mismatch is named before any commit is sent or pulled.
-fn check_group<D: Db>(db: &D, cfg: &Config, remote: &Remote, path: &str) -> Result<(), Error> {
+fn check_group<D: Db>(db: &D, cfg: &Config, remote: &dyn Witness, path: &str) -> Result<(), Error> {
     if status::get(path).checked {
         return Ok(());
     }
@@ -240,7 +240,7 @@ pub struct Pushed {
 /// Sends queued commits in order until the queue is sent or the witness asks for a
 /// pull first. Retries send the same idempotency key, so a commit whose answer was
 /// lost is never certified twice.
-pub fn push<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<Pushed, Error> {
+pub fn push<D: Db>(db: &D, cfg: &Config, remote: &dyn Witness) -> Result<Pushed, Error> {
     let mut done = Pushed::default();
     let client = config::client_id(db)?;
     let strategies = strategy::load(db)?;
@@ -343,7 +343,7 @@ pub struct Pull {
 /// transaction. A device with nothing of the group starts from the newest snapshot;
 /// one whose head the witness compacted away starts again from it, its pending
 /// changes rebased. While it runs, `pdb_status()` shows its progress.
-pub fn pull<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<Pull, Error> {
+pub fn pull<D: Db>(db: &D, cfg: &Config, remote: &dyn Witness) -> Result<Pull, Error> {
     let path = status::db_path(db)?;
     let result = pull_pages(db, cfg, remote, &path);
     status::update(&path, |s| s.progress = None);
@@ -352,7 +352,7 @@ pub fn pull<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<Pull, Error>
 
 /// Creates and tracks the group's tables from its DDL, for a device that tracks none
 /// and found no snapshot: it then replays the history from the start.
-fn create_group_tables<D: Db>(db: &D, remote: &Remote) -> Result<(), Error> {
+fn create_group_tables<D: Db>(db: &D, remote: &dyn Witness) -> Result<(), Error> {
     let info = remote.group_info()?.map_err(Error::Rejected)?;
     crate::db::transaction(db, "pdb_pull", || {
         capture::ensure_schema(db)?;
@@ -384,7 +384,12 @@ fn create_group_tables<D: Db>(db: &D, remote: &Remote) -> Result<(), Error> {
     })
 }
 
-fn pull_pages<D: Db>(db: &D, cfg: &Config, remote: &Remote, path: &str) -> Result<Pull, Error> {
+fn pull_pages<D: Db>(
+    db: &D,
+    cfg: &Config,
+    remote: &dyn Witness,
+    path: &str,
+) -> Result<Pull, Error> {
     let mut total = Pull::default();
     if bootstrap::is_empty(db)? {
         total.bootstrapped = bootstrap::bootstrap(db, cfg, remote, path, bootstrap::Reason::Asked)?;
@@ -449,49 +454,108 @@ fn unsent<D: Db>(db: &D) -> Result<i64, Error> {
 
 /// `pdb_push()`: sends the queue; pulls and rebases when the witness asks for it.
 pub fn push_now<D: Db>(db: &D) -> Result<Summary, Error> {
-    run(db, |db, cfg, remote, sum| {
-        for _ in 0..ROUNDS {
-            let p = push(db, cfg, remote)?;
-            sum.add_push(&p);
-            if !p.need_pull {
-                break;
-            }
-            sum.add_pull(&pull(db, cfg, remote)?);
+    run(db, None, push_rounds)
+}
+
+/// [`push_now`] through `witness` instead of the stored target's HTTP witness.
+pub fn push_now_with<D: Db>(db: &D, witness: &dyn Witness) -> Result<Summary, Error> {
+    run(db, Some(witness), push_rounds)
+}
+
+fn push_rounds<D: Db>(
+    db: &D,
+    cfg: &Config,
+    remote: &dyn Witness,
+    sum: &mut Summary,
+) -> Result<(), Error> {
+    for _ in 0..ROUNDS {
+        let p = push(db, cfg, remote)?;
+        sum.add_push(&p);
+        if !p.need_pull {
+            break;
         }
-        Ok(())
-    })
+        sum.add_pull(&pull(db, cfg, remote)?);
+    }
+    Ok(())
 }
 
 /// `pdb_pull()`: applies what the group has that this device has not.
 pub fn pull_now<D: Db>(db: &D) -> Result<Summary, Error> {
-    run(db, |db, cfg, remote, sum| {
-        sum.add_pull(&pull(db, cfg, remote)?);
-        Ok(())
-    })
+    run(db, None, pull_once)
+}
+
+/// [`pull_now`] through `witness` instead of the stored target's HTTP witness.
+pub fn pull_now_with<D: Db>(db: &D, witness: &dyn Witness) -> Result<Summary, Error> {
+    run(db, Some(witness), pull_once)
+}
+
+fn pull_once<D: Db>(
+    db: &D,
+    cfg: &Config,
+    remote: &dyn Witness,
+    sum: &mut Summary,
+) -> Result<(), Error> {
+    sum.add_pull(&pull(db, cfg, remote)?);
+    Ok(())
 }
 
 /// `pdb_bootstrap()`: installs the witness's newest snapshot if it is ahead of this
 /// device (pending local changes are rebased onto it), then pulls what came after.
 pub fn bootstrap_now<D: Db>(db: &D) -> Result<Summary, Error> {
-    run(db, |db, cfg, remote, sum| {
-        let path = status::db_path(db)?;
-        let b = bootstrap::bootstrap(db, cfg, remote, &path, bootstrap::Reason::Asked);
-        sum.add_pull(&Pull {
-            bootstrapped: b?,
-            ..Pull::default()
-        });
-        sum.add_pull(&pull(db, cfg, remote)?);
-        Ok(())
-    })
+    run(db, None, bootstrap_then_pull)
+}
+
+/// [`bootstrap_now`] through `witness` instead of the stored target's HTTP witness.
+pub fn bootstrap_now_with<D: Db>(db: &D, witness: &dyn Witness) -> Result<Summary, Error> {
+    run(db, Some(witness), bootstrap_then_pull)
+}
+
+fn bootstrap_then_pull<D: Db>(
+    db: &D,
+    cfg: &Config,
+    remote: &dyn Witness,
+    sum: &mut Summary,
+) -> Result<(), Error> {
+    let path = status::db_path(db)?;
+    let b = bootstrap::bootstrap(db, cfg, remote, &path, bootstrap::Reason::Asked);
+    sum.add_pull(&Pull {
+        bootstrapped: b?,
+        ..Pull::default()
+    });
+    sum.add_pull(&pull(db, cfg, remote)?);
+    Ok(())
 }
 
 /// `pdb_open(...)`: stores the sync target; a database with nothing of the group yet
 /// then installs the newest snapshot right away. That part is best effort (offline
 /// is normal): its outcome shows in `pdb_status()`, and the next sync tries again.
 pub fn open<D: Db>(db: &D, url: &str, group: &str, token: &str, key: &str) -> Result<(), Error> {
+    open_via(db, url, group, token, key, None)
+}
+
+/// [`open`] with its first bootstrap through `witness`, whatever `url` says.
+pub fn open_with<D: Db>(
+    db: &D,
+    url: &str,
+    group: &str,
+    token: &str,
+    key: &str,
+    witness: &dyn Witness,
+) -> Result<(), Error> {
+    open_via(db, url, group, token, key, Some(witness))
+}
+
+fn open_via<D: Db>(
+    db: &D,
+    url: &str,
+    group: &str,
+    token: &str,
+    key: &str,
+    witness: Option<&dyn Witness>,
+) -> Result<(), Error> {
     config::open(db, url, group, token, key)?;
     if db.is_autocommit() && bootstrap::is_empty(db)? {
-        let _ = run(db, |db, cfg, remote, sum| {
+        let _ = run(db, witness, |db, cfg, remote, sum| {
             let path = status::db_path(db)?;
             let b = bootstrap::bootstrap(db, cfg, remote, &path, bootstrap::Reason::Asked)?;
             sum.bootstrapped = b;
@@ -503,23 +567,37 @@ pub fn open<D: Db>(db: &D, url: &str, group: &str, token: &str, key: &str) -> Re
 
 /// `pdb_sync()`: push, pull, and again while rebased commits wait to be sent.
 pub fn sync<D: Db>(db: &D) -> Result<Summary, Error> {
-    run(db, |db, cfg, remote, sum| {
-        for _ in 0..ROUNDS {
-            let p = push(db, cfg, remote)?;
-            sum.add_push(&p);
-            sum.add_pull(&pull(db, cfg, remote)?);
-            if unsent(db)? == 0 {
-                break;
-            }
+    run(db, None, sync_rounds)
+}
+
+/// [`sync`] through `witness` instead of the stored target's HTTP witness.
+pub fn sync_with<D: Db>(db: &D, witness: &dyn Witness) -> Result<Summary, Error> {
+    run(db, Some(witness), sync_rounds)
+}
+
+fn sync_rounds<D: Db>(
+    db: &D,
+    cfg: &Config,
+    remote: &dyn Witness,
+    sum: &mut Summary,
+) -> Result<(), Error> {
+    for _ in 0..ROUNDS {
+        let p = push(db, cfg, remote)?;
+        sum.add_push(&p);
+        sum.add_pull(&pull(db, cfg, remote)?);
+        if unsent(db)? == 0 {
+            break;
         }
-        Ok(())
-    })
+    }
+    Ok(())
 }
 
 /// Runs a sync step with the stored config, noting its outcome in the live status.
+/// `witness` replaces the stored target's HTTP witness (the only place one is made).
 fn run<D: Db>(
     db: &D,
-    f: impl FnOnce(&D, &Config, &Remote, &mut Summary) -> Result<(), Error>,
+    witness: Option<&dyn Witness>,
+    f: impl FnOnce(&D, &Config, &dyn Witness, &mut Summary) -> Result<(), Error>,
 ) -> Result<Summary, Error> {
     let path = status::db_path(db)?;
     if !db.is_autocommit() {
@@ -532,10 +610,17 @@ fn run<D: Db>(
     }
     let result = (|| {
         let cfg = config::load(db)?;
-        let remote = remote(&cfg)?;
-        check_group(db, &cfg, &remote, &path)?;
+        let http;
+        let remote: &dyn Witness = match witness {
+            Some(w) => w,
+            None => {
+                http = remote(&cfg)?;
+                &http
+            }
+        };
+        check_group(db, &cfg, remote, &path)?;
         let mut sum = Summary::default();
-        f(db, &cfg, &remote, &mut sum)?;
+        f(db, &cfg, remote, &mut sum)?;
         let (seq, head) = config::head(db, &cfg.group)?;
         sum.head = (seq, hex(&head));
         Ok(sum)
