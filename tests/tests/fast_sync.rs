@@ -1,0 +1,521 @@
+//! Sync, rebase and bootstrap against the witness library in this process
+//! (`pdb_tests::inproc`): the scenarios of `sync.rs` and `bootstrap.rs` without HTTP or
+//! a witness process, driven through `pdb-client`'s API on rusqlite connections. The
+//! process tests stay the proof over the wire; these run in milliseconds, so a change
+//! to the sync logic is checked at once.
+
+use pdb_client::problem::Code;
+use pdb_tests::inproc::{Device, InProcess};
+use rusqlite::types::Value;
+use serde_json::json;
+
+const DDL: &str = "CREATE TABLE notes(id INTEGER PRIMARY KEY, a TEXT, b TEXT)";
+
+fn witness(name: &str) -> InProcess {
+    let w = InProcess::start(name);
+    w.create_group("g", DDL);
+    w
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.into())
+}
+
+fn row(id: i64, a: &str, b: Option<&str>) -> Vec<Value> {
+    vec![Value::Integer(id), text(a), b.map_or(Value::Null, text)]
+}
+
+#[test]
+fn two_devices_converge_with_verified_history() {
+    let w = witness("converge");
+    let a = Device::new(&w, "a", DDL, &["notes"], "g");
+    let b = Device::new(&w, "b", DDL, &["notes"], "g");
+
+    a.sql("INSERT INTO notes VALUES (1, 'one', NULL), (2, 'two', NULL)");
+    assert_eq!(a.commit(), Some(1));
+    let s = a.sync();
+    assert_eq!((s.pushed, s.pulled, s.head.0), (1, 1, 1), "{s:?}");
+    assert_eq!(
+        a.status()["pending"],
+        0,
+        "certified commits leave the queue"
+    );
+
+    let s = b.sync();
+    assert_eq!((s.pushed, s.pulled), (0, 1), "{s:?}");
+    assert_eq!(b.dump("notes"), a.dump("notes"));
+    assert_eq!(
+        b.status()["uncommitted"],
+        false,
+        "pulled rows are not local changes"
+    );
+
+    b.sql("UPDATE notes SET b = 'from b' WHERE id = 2; DELETE FROM notes WHERE id = 1");
+    b.commit().unwrap();
+    b.sync();
+    a.sync();
+    assert_eq!(a.dump("notes"), b.dump("notes"));
+    assert_eq!(
+        a.rows("SELECT id, a, b FROM notes"),
+        vec![row(2, "two", Some("from b"))]
+    );
+    for d in [&a, &b] {
+        let v = d.verify();
+        assert_eq!(
+            (v["commits"].as_u64(), v["state"].as_str()),
+            (Some(2), Some("ok")),
+            "{v}"
+        );
+        let st = d.status();
+        assert_eq!(st["head"]["seq"], 2, "{st}");
+        assert_eq!(
+            (st["online"].as_bool(), st["last_error"].is_null()),
+            (Some(true), true),
+            "{st}"
+        );
+    }
+    assert_eq!(w.head("g"), 2);
+}
+
+/// One classic case of DESIGN §6 (as in `sync.rs`): A (the remote side, synced first)
+/// runs `remote`, B (the local side) runs `local`, both from the committed `setup`.
+struct Case {
+    name: &'static str,
+    setup: &'static str,
+    remote: &'static str,
+    local: &'static str,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "same-column",
+        setup: "INSERT INTO notes VALUES (1, 'x', 'y')",
+        remote: "UPDATE notes SET a = 'R' WHERE id = 1",
+        local: "UPDATE notes SET a = 'L' WHERE id = 1",
+    },
+    Case {
+        name: "other-column",
+        setup: "INSERT INTO notes VALUES (1, 'x', 'y')",
+        remote: "UPDATE notes SET a = 'R' WHERE id = 1",
+        local: "UPDATE notes SET b = 'L' WHERE id = 1",
+    },
+    Case {
+        name: "local-delete",
+        setup: "INSERT INTO notes VALUES (1, 'x', 'y')",
+        remote: "UPDATE notes SET a = 'R' WHERE id = 1",
+        local: "DELETE FROM notes WHERE id = 1",
+    },
+    Case {
+        name: "remote-delete",
+        setup: "INSERT INTO notes VALUES (1, 'x', 'y')",
+        remote: "DELETE FROM notes WHERE id = 1",
+        local: "UPDATE notes SET a = 'L' WHERE id = 1",
+    },
+    Case {
+        name: "insert-insert",
+        setup: "",
+        remote: "INSERT INTO notes VALUES (1, 'R', 'r')",
+        local: "INSERT INTO notes VALUES (1, 'L', NULL)",
+    },
+];
+
+/// The custom strategy's function of `sync.rs`: the remote row with `a` = remote a +
+/// "+" + local a; absent when either side deleted the row.
+fn register_merge(d: &Device) {
+    use rusqlite::functions::FunctionFlags;
+    d.db.conn
+        .create_scalar_function("merge_notes", 3, FunctionFlags::SQLITE_UTF8, |ctx| {
+            let arg = |i: usize| -> rusqlite::Result<Option<serde_json::Value>> {
+                Ok(ctx
+                    .get::<Option<String>>(i)?
+                    .map(|s| serde_json::from_str(&s).unwrap()))
+            };
+            let (local, remote) = (arg(1)?, arg(2)?);
+            Ok(match (local, remote) {
+                (Some(l), Some(mut r)) => {
+                    r["a"] = json!(format!(
+                        "{}+{}",
+                        r["a"].as_str().unwrap_or(""),
+                        l["a"].as_str().unwrap_or("")
+                    ));
+                    Some(r.to_string())
+                }
+                _ => None,
+            })
+        })
+        .unwrap();
+}
+
+#[test]
+fn every_strategy_on_every_classic_case_converges() {
+    let w = InProcess::start("strategies");
+    type Want = (Vec<Vec<Value>>, usize, usize);
+    let r_row = || vec![row(1, "R", Some("y"))];
+    // The same table as `sync.rs`: (B's final rows, conflicts recorded, of which open).
+    let expect = |case: &str, strategy: &str| -> Want {
+        match (case, strategy) {
+            ("same-column", "remote-wins") => (r_row(), 1, 0),
+            ("same-column", "local-wins" | "column-merge") => (vec![row(1, "L", Some("y"))], 0, 0),
+            ("same-column", "manual") => (r_row(), 1, 1),
+            ("same-column", "custom") => (vec![row(1, "R+L", Some("y"))], 1, 0),
+            ("other-column", "remote-wins") => (r_row(), 1, 0),
+            ("other-column", "local-wins") => (vec![row(1, "x", Some("L"))], 0, 0),
+            ("other-column", "column-merge") => (vec![row(1, "R", Some("L"))], 0, 0),
+            ("other-column", "manual") => (r_row(), 1, 1),
+            ("other-column", "custom") => (vec![row(1, "R+x", Some("y"))], 1, 0),
+            ("local-delete", "remote-wins") => (r_row(), 1, 0),
+            ("local-delete", "local-wins" | "column-merge") => (vec![], 0, 0),
+            ("local-delete", "manual") => (r_row(), 1, 1),
+            ("local-delete", "custom") => (vec![], 0, 0),
+            ("remote-delete", "remote-wins" | "column-merge" | "custom") => (vec![], 1, 0),
+            ("remote-delete", "local-wins") => (vec![row(1, "L", Some("y"))], 0, 0),
+            ("remote-delete", "manual") => (vec![], 1, 1),
+            ("insert-insert", "remote-wins") => (vec![row(1, "R", Some("r"))], 1, 0),
+            ("insert-insert", "local-wins") => (vec![row(1, "L", None)], 0, 0),
+            ("insert-insert", "column-merge") => (vec![row(1, "L", Some("r"))], 0, 0),
+            ("insert-insert", "manual") => (vec![row(1, "R", Some("r"))], 1, 1),
+            ("insert-insert", "custom") => (vec![row(1, "R+L", Some("r"))], 1, 0),
+            _ => unreachable!("{case} {strategy}"),
+        }
+    };
+    let mut failures = Vec::new();
+    for case in CASES {
+        for strategy in [
+            "remote-wins",
+            "local-wins",
+            "column-merge",
+            "manual",
+            "custom",
+        ] {
+            let group = format!("{}-{strategy}", case.name);
+            w.create_group(&group, DDL);
+            let a = Device::new(&w, &format!("{group}-a"), DDL, &["notes"], &group);
+            let b = Device::new(&w, &format!("{group}-b"), DDL, &["notes"], &group);
+            register_merge(&b);
+            if !case.setup.is_empty() {
+                a.sql(case.setup);
+                a.commit().unwrap();
+                a.sync();
+            }
+            b.sync();
+            if strategy == "custom" {
+                let s = pdb_client::sync::strategy::Strategy::parse("custom", Some("merge_notes"))
+                    .unwrap();
+                pdb_client::sync::strategy::set(&b.db, "notes", &s).unwrap();
+            } else {
+                b.set_strategy("notes", strategy);
+            }
+            a.sql(case.remote);
+            a.commit().unwrap();
+            a.sync();
+            b.sql(case.local);
+            b.commit().unwrap();
+            b.sync();
+            a.sync();
+            assert_eq!(a.dump("notes"), b.dump("notes"), "{group}: devices differ");
+            for d in [&a, &b] {
+                assert_eq!(d.verify()["state"], "ok", "{group}");
+                assert_eq!(d.status()["pending"], 0, "{group}");
+            }
+            let rows = b.rows("SELECT id, a, b FROM notes ORDER BY id");
+            let conflicts = b.conflicts();
+            let open = conflicts.iter().filter(|c| c["status"] == "open").count();
+            let want = expect(case.name, strategy);
+            if (rows.clone(), conflicts.len(), open) != want {
+                failures.push(format!(
+                    "{group}: got rows {rows:?}, {} conflicts ({open} open), want {want:?}",
+                    conflicts.len()
+                ));
+            }
+            for c in &conflicts {
+                assert_eq!(
+                    (c["table"].as_str(), c["pk"].clone()),
+                    (Some("notes"), json!([1])),
+                    "{c}"
+                );
+                assert_eq!(c["strategy"], strategy, "{c}");
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_stale_base_is_pulled_rebased_and_pushed_again() {
+    let w = witness("stale");
+    let a = Device::new(&w, "a", DDL, &["notes"], "g");
+    let b = Device::new(&w, "b", DDL, &["notes"], "g");
+    a.sql("INSERT INTO notes VALUES (1, 'x', 'y'), (2, 'p', 'q')");
+    a.commit();
+    a.sync();
+    b.sync();
+    b.set_strategy("notes", "local-wins");
+    a.sql("UPDATE notes SET a = 'r' WHERE id = 1");
+    a.commit();
+    a.sync();
+    // B's commit is on seq 1, the group is at 2: local-wins sends fast-forward, so the
+    // witness answers stale_base; B pulls, rebases, and pushes the rebased commit.
+    b.sql("UPDATE notes SET a = 'l' WHERE id = 1; UPDATE notes SET b = 'l' WHERE id = 2");
+    b.commit();
+    let stale = w.rejections(Code::StaleBase);
+    let s = b.push();
+    assert_eq!(
+        w.rejections(Code::StaleBase),
+        stale + 1,
+        "one stale_base answer"
+    );
+    // pdb_push pulls only what the witness asked for (seq 2); its own commit, rebased
+    // onto seq 2 and certified as seq 3, comes back with the next pull.
+    assert_eq!((s.pushed, s.pulled, s.head.0), (1, 1, 2), "{s:?}");
+    let q = b.rows("SELECT base_seq, pushed_seq FROM pdb_upload_queue");
+    assert_eq!(q, vec![vec![Value::Integer(2), Value::Integer(3)]]);
+    let s = b.sync();
+    assert_eq!((s.pushed, s.pulled, s.head.0), (0, 1, 3), "{s:?}");
+    assert_eq!(
+        b.status()["pending"],
+        0,
+        "the rebased commit came back certified"
+    );
+    a.sync();
+    let want = vec![row(1, "l", Some("y")), row(2, "p", Some("l"))];
+    assert_eq!(a.rows("SELECT id, a, b FROM notes ORDER BY id"), want);
+    assert_eq!(b.rows("SELECT id, a, b FROM notes ORDER BY id"), want);
+    assert_eq!(b.verify()["state"], "ok");
+    assert_eq!(b.conflicts().len(), 0, "local-wins kept the local write");
+}
+
+#[test]
+fn a_chain_of_local_commits_rebases_over_remote_commits() {
+    for (strategy, want, conflicts, head) in [
+        (
+            "column-merge",
+            vec![
+                row(1, "l2", Some("r1")),
+                row(2, "l3", Some("q")),
+                row(10, "l1", Some("l3")),
+                row(11, "r2", None),
+            ],
+            0,
+            6,
+        ),
+        (
+            "remote-wins",
+            vec![
+                row(1, "x", Some("r1")),
+                row(2, "r2", Some("q")),
+                row(10, "l1", Some("l3")),
+                row(11, "r2", None),
+            ],
+            2,
+            5,
+        ),
+    ] {
+        let w = witness(&format!("chain-{strategy}"));
+        let a = Device::new(&w, "a", DDL, &["notes"], "g");
+        let b = Device::new(&w, "b", DDL, &["notes"], "g");
+        a.sql("INSERT INTO notes VALUES (1, 'x', 'y'), (2, 'p', 'q')");
+        a.commit();
+        a.sync();
+        b.sync();
+        b.set_strategy("notes", strategy);
+        a.sql("UPDATE notes SET b = 'r1' WHERE id = 1");
+        a.commit();
+        a.sql("INSERT INTO notes VALUES (11, 'r2', NULL); UPDATE notes SET a = 'r2' WHERE id = 2");
+        a.commit();
+        a.sync();
+        b.sql("INSERT INTO notes VALUES (10, 'l1', NULL)");
+        b.commit();
+        b.sql("UPDATE notes SET a = 'l2' WHERE id = 1");
+        b.commit();
+        b.sql("UPDATE notes SET b = 'l3' WHERE id = 10; UPDATE notes SET a = 'l3' WHERE id = 2");
+        b.commit();
+        b.sql("INSERT INTO notes VALUES (12, 'uncommitted', NULL)");
+        let s = b.sync();
+        assert_eq!(s.head.0, head, "{strategy}: {s:?}");
+        assert_eq!(
+            b.conflicts().len(),
+            conflicts,
+            "{strategy}: {:?}",
+            b.conflicts()
+        );
+        let mut want_b = want.clone();
+        want_b.push(row(12, "uncommitted", None));
+        assert_eq!(
+            b.rows("SELECT id, a, b FROM notes ORDER BY id"),
+            want_b,
+            "{strategy}"
+        );
+        let st = b.status();
+        assert_eq!(
+            (st["pending"].as_i64(), st["uncommitted"].as_bool()),
+            (Some(0), Some(true)),
+            "{st}"
+        );
+        a.sync();
+        assert_eq!(
+            a.rows("SELECT id, a, b FROM notes ORDER BY id"),
+            want,
+            "{strategy}"
+        );
+        assert_eq!(a.verify()["state"], "ok");
+        assert_eq!(b.verify()["state"], "skipped: local changes are pending");
+    }
+}
+
+#[test]
+fn a_pull_page_is_verified_and_applied_in_order() {
+    let w = witness("page");
+    let a = Device::new(&w, "a", DDL, &["notes"], "g");
+    for i in 1..=30 {
+        a.sql(&format!("INSERT INTO notes VALUES ({i}, 'v{i}', NULL)"));
+        a.commit();
+    }
+    assert_eq!(a.push().pushed, 30);
+    let b = Device::new(&w, "b", DDL, &["notes"], "g");
+    let s = b.pull();
+    assert_eq!((s.pulled, s.head.0), (30, 30), "{s:?}");
+    assert_eq!(b.dump("notes"), a.dump("notes"));
+    let v = b.verify();
+    assert_eq!(
+        (v["commits"].as_u64(), v["state"].as_str()),
+        (Some(30), Some("ok")),
+        "{v}"
+    );
+    // The stored certificates are the witness's own, chained.
+    assert_eq!(
+        b.rows("SELECT count(*) FROM pdb_commits"),
+        vec![vec![Value::Integer(30)]]
+    );
+}
+
+#[test]
+fn commits_the_witness_refuses_are_dead_lettered_never_dropped() {
+    let w = InProcess::start_with("dead", Default::default(), 4096);
+    w.create_group("g", DDL);
+    let a = Device::new(&w, "a", DDL, &["notes"], "g");
+    let b = Device::new(&w, "b", DDL, &["notes"], "g");
+    a.sql("INSERT INTO notes VALUES (1, 'small', NULL)");
+    a.commit().unwrap();
+    a.sql("INSERT INTO notes VALUES (7, 'x', NULL)");
+    let invalid = a.commit().unwrap();
+    // The witness takes only integer rowid keys: the same insert with key '7' as TEXT.
+    let mut forged = vec![b'T', 3, 1, 0, 0];
+    forged.extend_from_slice(b"notes\0");
+    forged.extend_from_slice(&[18, 0, 3, 1, b'7', 3, 1, b'x', 5]);
+    a.db.conn
+        .execute(
+            "UPDATE pdb_upload_queue SET changeset = ?2, hash = ?3 WHERE id = ?1",
+            (
+                invalid,
+                &forged,
+                pdb_client::cert::hex(blake3::hash(&forged).as_bytes()),
+            ),
+        )
+        .unwrap();
+    let big = "x".repeat(10_000);
+    a.sql(&format!("INSERT INTO notes VALUES (2, '{big}', NULL)"));
+    let too_large = a.commit().unwrap();
+    a.sql("INSERT INTO notes VALUES (3, 'after', NULL)");
+    a.commit().unwrap();
+
+    let s = a.sync();
+    assert_eq!((s.pushed, s.dead), (2, 2), "{s:?}");
+    let st = a.status();
+    let dead = st["dead"].as_array().unwrap();
+    assert_eq!(dead.len(), 2, "{st}");
+    assert_eq!(dead[0]["id"].as_i64(), Some(invalid));
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("422 invalid_changeset"),
+        "{st}"
+    );
+    assert_eq!(dead[1]["id"].as_i64(), Some(too_large));
+    assert!(
+        dead[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("413 too_large"),
+        "{st}"
+    );
+    assert_eq!(st["pending"], 0);
+    assert_eq!(
+        a.rows("SELECT id FROM notes ORDER BY id"),
+        vec![vec![Value::Integer(1)], vec![Value::Integer(3)]]
+    );
+    let c = a.conflicts();
+    assert_eq!(c.len(), 2, "{c:?}");
+    assert_eq!(c[0]["pk"], json!([7]));
+    assert_eq!(
+        (c[1]["status"].as_str(), c[1]["local_id"].as_i64()),
+        (Some("rejected"), Some(too_large))
+    );
+    b.sync();
+    assert_eq!(a.dump("notes"), b.dump("notes"));
+    assert_eq!(a.verify()["state"], "ok");
+}
+
+#[test]
+fn a_bare_device_starts_from_the_snapshot_and_pulls_only_what_came_after() {
+    let w = witness("bootstrap");
+    let a = Device::new(&w, "a", DDL, &["notes"], "g");
+    for i in 1..=5 {
+        a.sql(&format!("INSERT INTO notes VALUES ({i}, 'v{i}', NULL)"));
+        a.commit();
+    }
+    a.sync();
+    let m = w.snapshot("g");
+    assert_eq!(m.seq, 5);
+    a.sql("UPDATE notes SET b = 'later' WHERE id = 1");
+    a.commit();
+    a.sync();
+    // Bare: no tables of its own; pdb_open installs the image at once.
+    let b = Device::new(&w, "b", "", &[], "g");
+    let st = b.status();
+    assert_eq!(st["head"]["seq"], 5, "{st}");
+    assert_eq!(st["snapshot"]["seq"], 5, "{st}");
+    let s = b.sync();
+    assert_eq!(
+        (s.pulled, s.head.0),
+        (1, 6),
+        "only the commit after the snapshot: {s:?}"
+    );
+    assert_eq!(b.dump("notes"), a.dump("notes"));
+    assert_eq!(b.verify()["state"], "ok");
+    // Without a snapshot, a bare device takes the group's tables and replays.
+    w.create_group("fresh", DDL);
+    let c = Device::new(&w, "c", DDL, &["notes"], "fresh");
+    c.sql("INSERT INTO notes VALUES (1, 'only', NULL)");
+    c.commit();
+    c.sync();
+    let d = Device::new(&w, "d", "", &[], "fresh");
+    let s = d.sync();
+    assert_eq!((s.pulled, s.bootstrapped.is_none()), (1, true), "{s:?}");
+    assert_eq!(d.dump("notes"), c.dump("notes"));
+}
+
+/// How often one `pdb_sync()` reads the tracked tables and checks for the PersonalDB
+/// schema: the per-cycle cost the sync context exists to bound. A cycle that pushes one
+/// commit and pulls it back, with one remote commit to rebase over.
+#[test]
+fn one_sync_cycle_reads_the_tracked_tables_a_bounded_number_of_times() {
+    let w = witness("reads");
+    let a = Device::new(&w, "a", DDL, &["notes"], "g");
+    let b = Device::new(&w, "b", DDL, &["notes"], "g");
+    a.sql("INSERT INTO notes VALUES (1, 'x', 'y')");
+    a.commit();
+    a.sync();
+    b.sync();
+    a.sql("UPDATE notes SET a = 'r' WHERE id = 1");
+    a.commit();
+    a.sync();
+    b.sql("UPDATE notes SET b = 'l' WHERE id = 1");
+    b.commit();
+    b.db.reset();
+    let s = b.sync();
+    assert_eq!((s.pushed, s.pulled), (1, 2), "{s:?}");
+    let (tracked, schema) = b.db.reads();
+    eprintln!("one sync cycle: capture::tracked {tracked} times, has_schema {schema} times");
+    assert!(tracked <= 100 && schema <= 100, "({tracked}, {schema})");
+}
