@@ -495,14 +495,15 @@ fn a_bare_device_starts_from_the_snapshot_and_pulls_only_what_came_after() {
     assert_eq!(d.dump("notes"), c.dump("notes"));
 }
 
-/// How often one `pdb_sync()` reads the tracked tables and checks for the PersonalDB
-/// schema: the per-cycle cost the sync context exists to bound. A cycle that pushes one
-/// commit and pulls it back, with one remote commit to rebase over.
+/// How often one `pdb_sync()` reads the tracked tables (`capture::tracked`) and checks
+/// for the PersonalDB schema (`capture::has_schema`), counted by the statements that do
+/// it, in four kinds of cycle: the per-cycle cost the sync context bounds.
 #[test]
 fn one_sync_cycle_reads_the_tracked_tables_a_bounded_number_of_times() {
     let w = witness("reads");
     let a = Device::new(&w, "a", DDL, &["notes"], "g");
     let b = Device::new(&w, "b", DDL, &["notes"], "g");
+    let bare = Device::new(&w, "bare", "", &[], "g");
     a.sql("INSERT INTO notes VALUES (1, 'x', 'y')");
     a.commit();
     a.sync();
@@ -510,12 +511,63 @@ fn one_sync_cycle_reads_the_tracked_tables_a_bounded_number_of_times() {
     a.sql("UPDATE notes SET a = 'r' WHERE id = 1");
     a.commit();
     a.sync();
+    let mut counts = Vec::new();
+
+    // Push one commit, pull two (one remote to rebase over, one's own).
     b.sql("UPDATE notes SET b = 'l' WHERE id = 1");
     b.commit();
     b.db.reset();
     let s = b.sync();
     assert_eq!((s.pushed, s.pulled), (1, 2), "{s:?}");
-    let (tracked, schema) = b.db.reads();
-    eprintln!("one sync cycle: capture::tracked {tracked} times, has_schema {schema} times");
-    assert!(tracked <= 100 && schema <= 100, "({tracked}, {schema})");
+    counts.push(("push 1, pull 2", b.db.reads()));
+
+    // A dead letter taken back, then one commit pushed and pulled.
+    b.sql("INSERT INTO notes VALUES (7, 'x', NULL)");
+    let forged_id = b.commit().unwrap();
+    let mut forged = vec![b'T', 3, 1, 0, 0];
+    forged.extend_from_slice(b"notes\0");
+    forged.extend_from_slice(&[18, 0, 3, 1, b'7', 3, 1, b'x', 5]);
+    b.db.conn
+        .execute(
+            "UPDATE pdb_upload_queue SET changeset = ?2 WHERE id = ?1",
+            (forged_id, &forged),
+        )
+        .unwrap();
+    b.sql("INSERT INTO notes VALUES (9, 'z', NULL)");
+    b.commit();
+    b.db.reset();
+    let s = b.sync();
+    assert_eq!((s.pushed, s.dead, s.pulled), (1, 1, 1), "{s:?}");
+    counts.push(("1 dead, push 1, pull 1", b.db.reads()));
+
+    // A bare device's first sync installs a snapshot, then pulls what came after.
+    w.snapshot("g");
+    a.sync();
+    bare.db.reset();
+    let s = bare.sync();
+    assert!(s.bootstrapped.is_some(), "{s:?}");
+    assert_eq!(bare.dump("notes"), b.dump("notes"));
+    counts.push(("bootstrap from a snapshot", bare.db.reads()));
+
+    // A bare device on a group without snapshot takes the DDL and replays.
+    w.create_group("plain", DDL);
+    let c = Device::new(&w, "c", DDL, &["notes"], "plain");
+    c.sql("INSERT INTO notes VALUES (1, 'x', 'y')");
+    c.commit();
+    c.sync();
+    let d = Device::new(&w, "d", "", &[], "plain");
+    d.db.reset();
+    let s = d.sync();
+    assert_eq!(s.pulled, 1, "{s:?}");
+    counts.push(("bare, group DDL, pull 1", d.db.reads()));
+
+    for (what, (tracked, schema)) in &counts {
+        eprintln!("{what}: capture::tracked {tracked}, has_schema {schema}");
+    }
+    for (what, (tracked, schema)) in counts {
+        assert!(
+            tracked <= 100 && schema <= 100,
+            "{what}: ({tracked}, {schema})"
+        );
+    }
 }
