@@ -564,10 +564,8 @@ fn one_sync_cycle_reads_the_tracked_tables_a_bounded_number_of_times() {
     for (what, (tracked, schema)) in &counts {
         eprintln!("{what}: capture::tracked {tracked}, has_schema {schema}");
     }
-    for (what, (tracked, schema)) in counts {
-        assert!(
-            tracked <= 100 && schema <= 100,
-            "{what}: ({tracked}, {schema})"
-        );
-    }
+    // Before the sync context: (1, 3), (2, 4), (4, 9), (4, 8). A bootstrap creates and
+    // tracks tables, so it reads them once more after the install.
+    let reads: Vec<(usize, usize)> = counts.iter().map(|c| c.1).collect();
+    assert_eq!(reads, [(1, 1), (1, 1), (2, 4), (2, 4)], "{counts:?}");
 }
