@@ -569,3 +569,82 @@ fn one_sync_cycle_reads_the_tracked_tables_a_bounded_number_of_times() {
     let reads: Vec<(usize, usize)> = counts.iter().map(|c| c.1).collect();
     assert_eq!(reads, [(1, 1), (1, 1), (2, 4), (2, 4)], "{counts:?}");
 }
+
+#[test]
+fn a_device_behind_the_compacted_history_starts_again_keeping_its_pending_changes() {
+    use pdb_client::transport::Witness;
+    let policy = pdb_witness::snapshot::Policy {
+        every_commits: 4,
+        every_bytes: 64 << 20,
+        retain: 1,
+    };
+    let w = InProcess::start_with("compacted", policy, 16 << 20);
+    w.create_group("g", DDL);
+    let a = Device::new(&w, "a", DDL, &["notes"], "g");
+    let c = Device::new(&w, "c", DDL, &["notes"], "g");
+    for i in 1..3 {
+        a.sql(&format!(
+            "INSERT INTO notes VALUES ({i}, 'note {i}', 'first')"
+        ));
+        a.commit();
+    }
+    a.sync();
+    c.sync();
+    assert_eq!(c.status()["head"]["seq"], 2);
+    // c goes offline with a queued commit on a row a also changes, and an uncommitted
+    // edit of its own row.
+    c.sql("UPDATE notes SET a = 'c title' WHERE id = 1");
+    c.commit().unwrap();
+    c.sql("INSERT INTO notes VALUES (100, 'c only', NULL)");
+    a.sql("UPDATE notes SET b = 'a body' WHERE id = 1");
+    a.commit().unwrap();
+    for i in 3..14 {
+        a.sql(&format!(
+            "INSERT INTO notes VALUES ({i}, 'note {i}', 'second')"
+        ));
+        a.commit();
+    }
+    a.sync();
+    // The witness snapshots and compacts on its own thread.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let oldest = loop {
+        match w.link("g").pull(0, 1, std::time::Duration::ZERO).unwrap() {
+            Err(r) if r.code() == Some(Code::Compacted) => {
+                break r.body["oldest_seq"].as_u64().unwrap();
+            }
+            _ => {}
+        }
+        assert!(std::time::Instant::now() < deadline, "never compacted");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(
+        oldest > 2,
+        "c's head must be compacted away, oldest kept is {oldest}"
+    );
+
+    // c's sync gets 410, starts again from the snapshot, and rebases its changes.
+    let s = c.sync();
+    assert!(s.bootstrapped.is_some(), "{s:?}");
+    assert_eq!(s.pushed, 1, "{s:?}");
+    let st = c.status();
+    assert_eq!(
+        (st["pending"].as_i64(), st["uncommitted"].as_bool()),
+        (Some(0), Some(true)),
+        "{st}"
+    );
+    assert_eq!(
+        c.rows("SELECT a FROM notes WHERE id = 100"),
+        vec![vec![text("c only")]]
+    );
+    c.commit().unwrap();
+    c.sync();
+    a.sync();
+    assert_eq!(a.dump("notes"), c.dump("notes"));
+    // Column merge (the default): c's title and a's body both survive.
+    assert_eq!(
+        a.rows("SELECT a, b FROM notes WHERE id = 1"),
+        vec![vec![text("c title"), text("a body")]]
+    );
+    assert_eq!(a.verify()["state"], "ok");
+    assert_eq!(c.verify()["state"], "ok");
+}
