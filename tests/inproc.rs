@@ -439,6 +439,8 @@ pub struct Device {
     pub db: Counted,
     /// What it talks to.
     pub link: Link,
+    /// The database file.
+    pub path: PathBuf,
 }
 
 impl Device {
@@ -459,6 +461,7 @@ impl Device {
                 schema: Default::default(),
             },
             link: w.link(group),
+            path,
         };
         for t in tables {
             pdb_client::capture::track(&d.db, t).expect("pdb_track");

@@ -648,3 +648,61 @@ fn a_device_behind_the_compacted_history_starts_again_keeping_its_pending_change
     assert_eq!(a.verify()["state"], "ok");
     assert_eq!(c.verify()["state"], "ok");
 }
+
+/// Polls `done` for up to 10 s.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_worker_keeps_a_device_in_sync_without_pdb_sync_calls() {
+    use pdb_client::sync::worker;
+    use std::time::Duration;
+    let w = witness("worker");
+    let a = Device::new(&w, "a", DDL, &["notes"], "g");
+    let b = Device::new(&w, "b", DDL, &["notes"], "g");
+    let key = pdb_client::sync::status::db_path(&b.db).unwrap();
+    let file = b.path.clone();
+    let options = worker::Options {
+        wait: Duration::from_secs(1),
+        poll: Duration::from_millis(50),
+        min_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_secs(1),
+    };
+    let open = move || {
+        let conn = rusqlite::Connection::open(&file).expect("worker's connection");
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        Ok(conn)
+    };
+    assert!(worker::start_with(&key, options, open, std::sync::Arc::new(w.link("g"))).unwrap());
+    assert_eq!(b.status()["worker"], true);
+
+    // A remote commit reaches B through the watcher's long-poll.
+    a.sql("INSERT INTO notes VALUES (1, 'from a', NULL)");
+    a.commit();
+    a.sync();
+    eventually("b has a's row", || {
+        b.rows("SELECT id, a, b FROM notes") == vec![row(1, "from a", None)]
+    });
+    // A local commit goes out when the worker is woken (pdb_commit does it).
+    b.sql("UPDATE notes SET b = 'from b' WHERE id = 1");
+    b.commit();
+    worker::notify(&key);
+    eventually("the witness has b's commit", || w.head("g") == 2);
+    eventually("b's commit came back certified", || {
+        b.status()["pending"] == 0
+    });
+    a.sync();
+    assert_eq!(
+        a.rows("SELECT id, a, b FROM notes"),
+        vec![row(1, "from a", Some("from b"))]
+    );
+    assert_eq!(a.dump("notes"), b.dump("notes"));
+    assert!(worker::stop(&key));
+    assert_eq!(b.status()["worker"], false);
+    assert_eq!(b.verify()["state"], "ok");
+}
