@@ -434,7 +434,7 @@ fn install_attached_in<D: Db>(
     };
     let file = attached_file(db)?;
     let reader = FILE_STATE.get().copied().filter(|_| !file.is_empty());
-    std::thread::scope(|scope| {
+    let result = std::thread::scope(|scope| {
         // With a connection of its own, the image's rows are hashed while this one
         // installs them; the transaction commits only if they hash to the certified
         // state. Without one, they are hashed first.
@@ -494,7 +494,11 @@ fn install_attached_in<D: Db>(
             config::set(db, "root_head", ValueRef::Text(hex(&m.head).as_bytes()))?;
             Ok(done.conflicts)
         })
-    })
+    });
+    if result.is_err() {
+        view.forget();
+    }
+    result
 }
 
 /// The file the image is attached from ("" for an in-memory or temporary one).

@@ -8,7 +8,8 @@
 //! schema_version`): another connection tracking, untracking or altering a table
 //! changes it, and so does this cycle's own bootstrap creating and tracking tables.
 //! The cycle's own muting of the capture triggers also changes it without changing
-//! the tables; [`LocalView::keep`] says so, inside the same transaction.
+//! the tables; [`LocalView::keep`] says so, inside the same transaction. A transaction
+//! that read the view and rolled back forgets it (`LocalView::forget`).
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -94,6 +95,12 @@ impl LocalView {
         let s = Rc::new(strategy::load(db)?);
         self.strategies = Some(s.clone());
         Ok(s)
+    }
+
+    /// Forgets every part: for a transaction that read them and then rolled back, whose
+    /// schema version may come back later with other tables behind it.
+    pub(crate) fn forget(&mut self) {
+        *self = LocalView::default();
     }
 
     /// Keeps what was read, at the schema as it is now: for a transaction that read

@@ -364,7 +364,7 @@ pub fn pull<D: Db>(db: &D, c: &mut Cycle<'_>) -> Result<Pull, Error> {
 /// and found no snapshot: it then replays the history from the start.
 fn create_group_tables<D: Db>(db: &D, c: &mut Cycle<'_>) -> Result<(), Error> {
     let info = c.witness.group_info()?.map_err(Error::Rejected)?;
-    crate::db::transaction(db, "pdb_pull", || {
+    let result = crate::db::transaction(db, "pdb_pull", || {
         capture::ensure_schema(db)?;
         crate::group_ddl::run(db, &info.ddl)?;
         let mut names = Vec::new();
@@ -391,7 +391,11 @@ fn create_group_tables<D: Db>(db: &D, c: &mut Cycle<'_>) -> Result<(), Error> {
             )));
         }
         Ok(())
-    })
+    });
+    if result.is_err() {
+        c.local.forget();
+    }
+    result
 }
 
 fn pull_pages<D: Db>(db: &D, c: &mut Cycle<'_>) -> Result<Pull, Error> {

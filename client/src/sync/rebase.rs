@@ -147,7 +147,7 @@ pub(crate) fn integrate_in<D: Db>(
             commits.iter().map(|p| (&p.cert, p.changeset.as_slice())),
         )?;
     }
-    transaction(db, "pdb_pull", || {
+    let result = transaction(db, "pdb_pull", || {
         let tables = view.tables(db)?;
         let strategies = view.strategies(db)?;
         let mut rebase = Rebase {
@@ -294,7 +294,11 @@ pub(crate) fn integrate_in<D: Db>(
             conflicts: rebase.conflicts,
             head: (seq, head),
         })
-    })
+    });
+    if result.is_err() {
+        view.forget();
+    }
+    result
 }
 
 /// The local write B → L laid over the row as it is now: the columns the write changed
