@@ -561,13 +561,35 @@ fn one_sync_cycle_reads_the_tracked_tables_a_bounded_number_of_times() {
     assert_eq!(s.pulled, 1, "{s:?}");
     counts.push(("bare, group DDL, pull 1", d.db.reads()));
 
+    // Three pages, each one commit of 4.5 MiB (a page holds about 4 MiB, and any page
+    // over 64 KiB is applied with the triggers muted), under an uncommitted edit.
+    let big = "x".repeat(9 << 19);
+    for i in 0..3 {
+        c.sql(&format!(
+            "INSERT INTO notes VALUES ({}, '{big}', NULL)",
+            i + 10
+        ));
+        c.commit();
+    }
+    assert_eq!(c.push().pushed, 3);
+    d.sql("UPDATE notes SET b = 'mine' WHERE id = 1");
+    d.db.reset();
+    let s = d.pull();
+    assert_eq!(s.pulled, 3, "{s:?}");
+    counts.push(("pull 3 pages", d.db.reads()));
+    assert_eq!(d.status()["uncommitted"], true, "the edit rode along");
+
     for (what, (tracked, schema)) in &counts {
         eprintln!("{what}: capture::tracked {tracked}, has_schema {schema}");
     }
-    // Before the sync context: (1, 3), (2, 4), (4, 9), (4, 8). A bootstrap creates and
-    // tracks tables, so it reads them once more after the install.
+    // Before the sync context: (1, 3), (2, 4), (4, 9), (4, 8), (3, 5). A bootstrap
+    // creates and tracks tables, so it reads them once more after the install.
     let reads: Vec<(usize, usize)> = counts.iter().map(|c| c.1).collect();
-    assert_eq!(reads, [(1, 1), (1, 1), (2, 4), (2, 4)], "{counts:?}");
+    assert_eq!(
+        reads,
+        [(1, 1), (1, 1), (2, 4), (2, 4), (1, 1)],
+        "{counts:?}"
+    );
 }
 
 #[test]
