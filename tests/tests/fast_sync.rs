@@ -695,12 +695,13 @@ fn a_worker_keeps_a_device_in_sync_without_pdb_sync_calls() {
         min_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_secs(1),
     };
+    let link = std::sync::Arc::new(w.link("g"));
     let open = move || {
         let conn = rusqlite::Connection::open(&file).expect("worker's connection");
         conn.busy_timeout(Duration::from_secs(10)).unwrap();
         Ok(conn)
     };
-    assert!(worker::start_with(&key, options, open, std::sync::Arc::new(w.link("g"))).unwrap());
+    assert!(worker::start_with(&key, options, open, link.clone()).unwrap());
     assert_eq!(b.status()["worker"], true);
 
     // A remote commit reaches B through the watcher's long-poll.
@@ -726,5 +727,10 @@ fn a_worker_keeps_a_device_in_sync_without_pdb_sync_calls() {
     assert_eq!(a.dump("notes"), b.dump("notes"));
     assert!(worker::stop(&key));
     assert_eq!(b.status()["worker"], false);
+    // The watcher ends with its current long-poll; then the witness (and its data
+    // directory) can go.
+    eventually("the watcher let go of the witness", || {
+        std::sync::Arc::strong_count(&link) == 1
+    });
     assert_eq!(b.verify()["state"], "ok");
 }
