@@ -14,6 +14,7 @@ use rusqlite::Connection;
 
 pub mod device;
 pub mod fake;
+pub mod inproc;
 pub mod witness;
 
 pub use pdb_testkit::{release_artifact, root};

@@ -195,6 +195,11 @@ pub fn tracked<D: Db>(db: &D) -> Result<Vec<Tracked>, Error> {
     if !has_schema(db)? {
         return Ok(Vec::new());
     }
+    read_tracked(db)
+}
+
+/// [`tracked`] in a database known to have the PersonalDB tables.
+pub(crate) fn read_tracked<D: Db>(db: &D) -> Result<Vec<Tracked>, Error> {
     let mut rows = Vec::new();
     {
         let mut stmt = db.prepare("SELECT name, id, columns FROM pdb_tracked ORDER BY name")?;

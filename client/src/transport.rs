@@ -485,6 +485,82 @@ impl Remote {
     }
 }
 
+/// The calls sync makes on a group's witness. [`Remote`] makes them over HTTP; a test
+/// can answer them in-process from the witness library itself, so that rebase, sync and
+/// bootstrap are exercised without starting a process. An implementation answers as the
+/// HTTP API does: the same [`Rejection`]s (status, code, detail, problem document), and
+/// `None` where HTTP answers `404 not_found` for a missing certificate or snapshot.
+pub trait Witness {
+    /// `GET /v1/groups/{g}`.
+    fn group_info(&self) -> Result<Result<GroupInfo, Rejection>, TransportError>;
+    /// `POST /v1/groups/{g}/commits`: the certificate and whether it is a duplicate.
+    fn push(
+        &self,
+        s: &Submission<'_>,
+    ) -> Result<Result<(Certificate, bool), Rejection>, TransportError>;
+    /// `GET /v1/groups/{g}/certificates?key=..` (`None`: nothing under that key).
+    fn certificate(
+        &self,
+        key: &str,
+    ) -> Result<Result<Option<Certificate>, Rejection>, TransportError>;
+    /// `GET /v1/groups/{g}/commits?after=..&limit=..&wait=..` (a long-poll if `wait` > 0).
+    fn pull(
+        &self,
+        after: u64,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Result<Page, Rejection>, TransportError>;
+    /// `GET /v1/groups/{g}/snapshots/latest` (`None`: no snapshot yet).
+    fn latest_snapshot(&self) -> Result<Result<Option<Manifest>, Rejection>, TransportError>;
+    /// `GET /v1/groups/{g}/snapshots?at=<seq>`.
+    fn snapshot_at(&self, seq: u64) -> Result<Result<Option<Manifest>, Rejection>, TransportError>;
+    /// `GET <object>` from byte `from` on.
+    fn download(
+        &self,
+        object: &str,
+        from: u64,
+    ) -> Result<Result<Download, Rejection>, TransportError>;
+}
+
+impl Witness for Remote {
+    fn group_info(&self) -> Result<Result<GroupInfo, Rejection>, TransportError> {
+        Remote::group_info(self)
+    }
+    fn push(
+        &self,
+        s: &Submission<'_>,
+    ) -> Result<Result<(Certificate, bool), Rejection>, TransportError> {
+        Remote::push(self, s)
+    }
+    fn certificate(
+        &self,
+        key: &str,
+    ) -> Result<Result<Option<Certificate>, Rejection>, TransportError> {
+        Remote::certificate(self, key)
+    }
+    fn pull(
+        &self,
+        after: u64,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Result<Page, Rejection>, TransportError> {
+        Remote::pull(self, after, limit, wait)
+    }
+    fn latest_snapshot(&self) -> Result<Result<Option<Manifest>, Rejection>, TransportError> {
+        Remote::latest_snapshot(self)
+    }
+    fn snapshot_at(&self, seq: u64) -> Result<Result<Option<Manifest>, Rejection>, TransportError> {
+        Remote::snapshot_at(self, seq)
+    }
+    fn download(
+        &self,
+        object: &str,
+        from: u64,
+    ) -> Result<Result<Download, Rejection>, TransportError> {
+        Remote::download(self, object, from)
+    }
+}
+
 /// `Retry-After` as delay-seconds or an HTTP date (a date in the past is no wait).
 fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();

@@ -25,9 +25,10 @@ use crate::schema::{quote, schema_hash, TableInfo};
 use crate::snapshot::Manifest;
 use crate::state::StateVector;
 use crate::sync::config::{self, Config};
+use crate::sync::cycle::{Cycle, LocalView};
 use crate::sync::rebase::{self, Incoming, SNAPSHOT_SCHEMA};
 use crate::sync::status;
-use crate::transport::Remote;
+use crate::transport::Witness;
 use crate::value::{Value, ValueRef};
 use crate::Error;
 
@@ -79,7 +80,12 @@ fn progress(path: &str, value: serde_json::Value) {
 /// pending, and every tracked table (if any) empty. Such a device starts from a
 /// snapshot when there is one.
 pub fn is_empty<D: Db>(db: &D) -> Result<bool, Error> {
-    if !capture::has_schema(db)? {
+    is_empty_in(db, &mut LocalView::default())
+}
+
+/// [`is_empty`] with a cycle's view of the tracked tables.
+pub(crate) fn is_empty_in<D: Db>(db: &D, local: &mut LocalView) -> Result<bool, Error> {
+    if !local.has_schema(db)? {
         return Ok(true);
     }
     if !matches!(config::get(db, "head_seq")?, None | Some(Value::Integer(0))) {
@@ -91,7 +97,7 @@ pub fn is_empty<D: Db>(db: &D) -> Result<bool, Error> {
     {
         return Ok(false);
     }
-    for t in capture::tracked(db)? {
+    for t in local.tables(db)?.iter() {
         let sql = format!("SELECT 1 FROM main.{} LIMIT 1", quote(&t.info.name));
         if db.query_value(&sql, &[])?.is_some() {
             return Ok(false);
@@ -143,7 +149,7 @@ fn io_error(file: &Path, e: std::io::Error) -> Error {
 
 /// Downloads the image of `m` into `file`, resuming from what it already holds, and
 /// checks its size and BLAKE3. Returns how many bytes already there were kept.
-fn download(remote: &Remote, m: &Manifest, file: &Path, db_path: &str) -> Result<u64, Error> {
+fn download(remote: &dyn Witness, m: &Manifest, file: &Path, db_path: &str) -> Result<u64, Error> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -258,7 +264,7 @@ fn download(remote: &Remote, m: &Manifest, file: &Path, db_path: &str) -> Result
 
 /// The certificate of `m.seq`, checked against the pinned key, and the manifest's head
 /// and state checked against it: the image must be of a head in the certified history.
-fn certificate_of(remote: &Remote, cfg: &Config, m: &Manifest) -> Result<Certificate, Error> {
+fn certificate_of(remote: &dyn Witness, cfg: &Config, m: &Manifest) -> Result<Certificate, Error> {
     if m.seq == 0 {
         return Err(refused("a snapshot at seq 0 holds nothing to start from"));
     }
@@ -393,8 +399,20 @@ pub fn install_attached<D: Db>(
     cert: &Certificate,
     db_path: &str,
 ) -> Result<usize, Error> {
+    install_attached_in(db, cfg, &mut LocalView::default(), m, cert, db_path)
+}
+
+/// [`install_attached`] with a cycle's view of the tracked tables, which it changes.
+fn install_attached_in<D: Db>(
+    db: &D,
+    cfg: &Config,
+    view: &mut LocalView,
+    m: &Manifest,
+    cert: &Certificate,
+    db_path: &str,
+) -> Result<usize, Error> {
     let tables = image_tables(db, m)?;
-    let local: Vec<TableInfo> = capture::tracked(db)?.into_iter().map(|t| t.info).collect();
+    let local: Vec<TableInfo> = view.tables(db)?.iter().map(|t| t.info.clone()).collect();
     if !local.is_empty() && schema_hash(&local) != m.schema_hash {
         let names: Vec<&str> = local.iter().map(|t| t.name.as_str()).collect();
         return Err(Error::Schema(format!(
@@ -416,7 +434,7 @@ pub fn install_attached<D: Db>(
     };
     let file = attached_file(db)?;
     let reader = FILE_STATE.get().copied().filter(|_| !file.is_empty());
-    std::thread::scope(|scope| {
+    let result = std::thread::scope(|scope| {
         // With a connection of its own, the image's rows are hashed while this one
         // installs them; the transaction commits only if they hash to the certified
         // state. Without one, they are hashed first.
@@ -449,8 +467,7 @@ pub fn install_attached<D: Db>(
                 }
                 capture::track(db, &info.name)?;
             }
-            let tracked: Vec<TableInfo> =
-                capture::tracked(db)?.into_iter().map(|t| t.info).collect();
+            let tracked: Vec<TableInfo> = view.tables(db)?.iter().map(|t| t.info.clone()).collect();
             if schema_hash(&tracked) != m.schema_hash {
                 return Err(Error::Schema(format!(
                     "schema_mismatch: this device's tables \"{}\" differ from the snapshot's (schema {}); nothing installed",
@@ -462,7 +479,7 @@ pub fn install_attached<D: Db>(
             // replaced by the real one below, before the transaction commits.
             let state = early.clone().unwrap_or_default();
             let done =
-                rebase::integrate_incoming(db, cfg, Incoming::Snapshot { cert, state }, None)?;
+                rebase::integrate_in(db, cfg, view, Incoming::Snapshot { cert, state }, None)?;
             if let Some(handle) = checking.take() {
                 let state = match handle.join() {
                     Ok(r) => r?,
@@ -477,7 +494,11 @@ pub fn install_attached<D: Db>(
             config::set(db, "root_head", ValueRef::Text(hex(&m.head).as_bytes()))?;
             Ok(done.conflicts)
         })
-    })
+    });
+    if result.is_err() {
+        view.forget();
+    }
+    result
 }
 
 /// The file the image is attached from ("" for an in-memory or temporary one).
@@ -509,11 +530,11 @@ pub fn set_file_state(f: FileState) {
 /// there is none, or it would not move the device forward.
 pub fn bootstrap<D: Db>(
     db: &D,
-    cfg: &Config,
-    remote: &Remote,
-    db_path: &str,
+    c: &mut Cycle<'_>,
     reason: Reason,
 ) -> Result<Option<Bootstrapped>, Error> {
+    let db_path = c.path.clone();
+    let db_path = db_path.as_str();
     let mut busy = false;
     status::update(db_path, |s| {
         busy = s.bootstrapping;
@@ -525,7 +546,7 @@ pub fn bootstrap<D: Db>(
             "a bootstrap of this database is already running in this process".into(),
         ));
     }
-    let result = run(db, cfg, remote, db_path, reason);
+    let result = run(db, c, reason);
     status::update(db_path, |s| {
         s.progress = None;
         s.bootstrapping = false;
@@ -539,10 +560,11 @@ pub fn bootstrap<D: Db>(
 /// its answer lost. Laid under a snapshot that already holds it, it must leave the
 /// queue as confirmed rather than be rebased and sent again; after the compaction of
 /// its seq no pull would show it.
-fn settle_in_flight<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<(), Error> {
-    if !capture::has_schema(db)? {
+fn settle_in_flight<D: Db>(db: &D, c: &mut Cycle<'_>) -> Result<(), Error> {
+    if !c.local.has_schema(db)? {
         return Ok(());
     }
+    let (cfg, remote) = (&c.cfg, c.witness);
     // The one a push would send next.
     let Some(super::Outgoing { id, key, .. }) = super::next_outgoing(db)? else {
         return Ok(());
@@ -573,7 +595,7 @@ fn settle_in_flight<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<(), 
 fn fetch<D: Db>(
     db: &D,
     cfg: &Config,
-    remote: &Remote,
+    remote: &dyn Witness,
     db_path: &str,
     reason: Reason,
 ) -> Result<Option<(Manifest, Certificate, PathBuf, u64)>, Error> {
@@ -620,13 +642,9 @@ fn fetch<D: Db>(
     Ok(Some((m, cert, file, resumed)))
 }
 
-fn run<D: Db>(
-    db: &D,
-    cfg: &Config,
-    remote: &Remote,
-    db_path: &str,
-    reason: Reason,
-) -> Result<Option<Bootstrapped>, Error> {
+fn run<D: Db>(db: &D, c: &mut Cycle<'_>, reason: Reason) -> Result<Option<Bootstrapped>, Error> {
+    let db_path = c.path.clone();
+    let db_path = db_path.as_str();
     if !db.is_autocommit() {
         return Err(Error::Argument(
             "a bootstrap replaces the group's tables in its own transaction: call it outside one"
@@ -638,7 +656,7 @@ fn run<D: Db>(
     let mut attempts = 0;
     let (m, cert, file, resumed) = loop {
         attempts += 1;
-        match fetch(db, cfg, remote, db_path, reason) {
+        match fetch(db, &c.cfg, c.witness, db_path, reason) {
             Ok(Some(fetched)) => break fetched,
             Ok(None) => return Ok(None),
             Err(Error::Rejected(r))
@@ -646,12 +664,12 @@ fn run<D: Db>(
             Err(e) => return Err(e),
         }
     };
-    settle_in_flight(db, cfg, remote)?;
+    settle_in_flight(db, c)?;
     db.execute(
         &format!("ATTACH ?1 AS {}", quote(SNAPSHOT_SCHEMA)),
         &[ValueRef::Text(file.to_string_lossy().as_bytes())],
     )?;
-    let installed = install_attached(db, cfg, &m, &cert, db_path);
+    let installed = install_attached_in(db, &c.cfg, &mut c.local, &m, &cert, db_path);
     let detached = db.execute_batch(&format!("DETACH {}", quote(SNAPSHOT_SCHEMA)));
     // A refused image would be refused again: only a local failure (a busy
     // database, say) keeps it for the next try.

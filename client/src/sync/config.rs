@@ -104,6 +104,11 @@ pub fn load<D: Db>(db: &D) -> Result<Config, Error> {
     if !capture::has_schema(db)? {
         return Err(Error::NotOpen);
     }
+    read(db)
+}
+
+/// [`load`] in a database known to have the PersonalDB tables.
+pub(crate) fn read<D: Db>(db: &D) -> Result<Config, Error> {
     let (Some(url), Some(group), Some(token), Some(key)) = (
         get_text(db, "url")?,
         get_text(db, "group")?,

@@ -11,6 +11,7 @@
 
 pub mod bootstrap;
 pub mod config;
+pub mod cycle;
 pub mod rebase;
 pub mod resolve;
 pub mod status;
@@ -27,10 +28,12 @@ use crate::db::{Db, Stmt};
 use crate::error::TransportError;
 use crate::problem::Code;
 use crate::schema::schema_hash;
-use crate::transport::{Remote, Submission};
+use crate::transport::{Remote, Submission, Witness};
 use crate::value::{Value, ValueRef};
 use crate::Error;
 use config::Config;
+use cycle::{Cycle, LocalView};
+use rebase::Incoming;
 
 /// Commits asked for per pull page (the witness also caps a page at a few MiB).
 const PAGE: usize = 1000;
@@ -140,11 +143,12 @@ fn persist_status<D: Db>(
 
 /// Checks once per process that the group is signed by the pinned key and has this
 /// device's schema, so a mismatch is named before any commit is sent or pulled.
-fn check_group<D: Db>(db: &D, cfg: &Config, remote: &Remote, path: &str) -> Result<(), Error> {
-    if status::get(path).checked {
+fn check_group<D: Db>(db: &D, c: &mut Cycle<'_>) -> Result<(), Error> {
+    if status::get(&c.path).checked {
         return Ok(());
     }
-    let info = remote.group_info()?.map_err(Error::Rejected)?;
+    let cfg = &c.cfg;
+    let info = c.witness.group_info()?.map_err(Error::Rejected)?;
     if info.witness_key != cfg.witness_key {
         return Err(Error::WitnessKey(format!(
             "the witness at {} signs with key {}, not the pinned {}: refusing to sync",
@@ -153,7 +157,7 @@ fn check_group<D: Db>(db: &D, cfg: &Config, remote: &Remote, path: &str) -> Resu
             hex(&cfg.witness_key)
         )));
     }
-    let tables: Vec<_> = capture::tracked(db)?.into_iter().map(|t| t.info).collect();
+    let tables: Vec<_> = c.local.tables(db)?.iter().map(|t| t.info.clone()).collect();
     let ours = schema_hash(&tables);
     // A device tracking nothing takes the group's tables from a snapshot or its DDL.
     if !tables.is_empty() && info.schema_hash != ours {
@@ -161,13 +165,13 @@ fn check_group<D: Db>(db: &D, cfg: &Config, remote: &Remote, path: &str) -> Resu
         return Err(Error::Schema(format!(
             "schema_mismatch: group \"{}\" has schema {} but this device tracks {:?} with schema {}; \
              nothing was sent or applied",
-            cfg.group,
+            c.cfg.group,
             hex(&info.schema_hash),
             names,
             hex(&ours)
         )));
     }
-    status::update(path, |s| s.checked = true);
+    status::update(&c.path, |s| s.checked = true);
     Ok(())
 }
 
@@ -240,64 +244,65 @@ pub struct Pushed {
 /// Sends queued commits in order until the queue is sent or the witness asks for a
 /// pull first. Retries send the same idempotency key, so a commit whose answer was
 /// lost is never certified twice.
-pub fn push<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<Pushed, Error> {
+pub fn push<D: Db>(db: &D, c: &mut Cycle<'_>) -> Result<Pushed, Error> {
     let mut done = Pushed::default();
     let client = config::client_id(db)?;
-    let strategies = strategy::load(db)?;
+    let strategies = c.local.strategies(db)?;
+    let remote = c.witness;
     // Queued commits made on one head were each made on top of the one before. When
     // the witness certifies one right on that head, the next can claim the new head as
     // its base, so a `fast-forward` queue goes out in one pass, not a pull per commit.
     let mut moved: Option<((u64, Hash), (u64, Hash))> = None;
-    while let Some(c) = next_outgoing(db)? {
+    while let Some(q) = next_outgoing(db)? {
         let stored_base = (
-            c.base_seq,
-            match &c.base_head {
+            q.base_seq,
+            match &q.base_head {
                 Some(h) => parse_hash(h).ok_or_else(|| {
-                    Error::Diverged(format!("local commit {} has a corrupt base head", c.id))
+                    Error::Diverged(format!("local commit {} has a corrupt base head", q.id))
                 })?,
-                None => genesis(&cfg.group),
+                None => genesis(&c.cfg.group),
             },
         );
         let base = match moved {
             Some((from, to)) if from == stored_base => to,
             _ => stored_base,
         };
-        let schema = parse_hash(&c.schema_hash).ok_or_else(|| {
-            Error::Diverged(format!("local commit {} has a corrupt schema hash", c.id))
+        let schema = parse_hash(&q.schema_hash).ok_or_else(|| {
+            Error::Diverged(format!("local commit {} has a corrupt schema hash", q.id))
         })?;
         let answer = remote.push(&Submission {
-            changeset: &c.changeset,
+            changeset: &q.changeset,
             base,
-            idempotency_key: &c.key,
+            idempotency_key: &q.key,
             schema_hash: schema,
             client: client.as_deref(),
-            meta: c.meta.as_deref(),
-            fast_forward: needs_fast_forward(&c.changeset, &strategies)?,
+            meta: q.meta.as_deref(),
+            fast_forward: needs_fast_forward(&q.changeset, &strategies)?,
         })?;
         match answer {
             Ok((cert, _duplicate)) => {
                 let refused = |why: String| Error::PushCertificate {
-                    id: c.id,
-                    key: c.key.clone(),
+                    id: q.id,
+                    key: q.key.clone(),
                     why,
                 };
-                if cert.group != cfg.group {
+                if cert.group != c.cfg.group {
                     return Err(refused(format!(
                         "it is for group \"{}\", not \"{}\"",
-                        cert.group, cfg.group
+                        cert.group, c.cfg.group
                     )));
                 }
-                if cert.idempotency_key != c.key {
+                if cert.idempotency_key != q.key {
                     return Err(refused(format!(
                         "it is of key \"{}\"",
                         cert.idempotency_key
                     )));
                 }
-                cert.verify_signature(&cfg.witness_key)
+                cert.verify_signature(&c.cfg.witness_key)
                     .map_err(|e| refused(e.to_string()))?;
                 db.execute(
                     "UPDATE pdb_upload_queue SET pushed_seq = ?2 WHERE id = ?1",
-                    &[ValueRef::Integer(c.id), ValueRef::Integer(cert.seq as i64)],
+                    &[ValueRef::Integer(q.id), ValueRef::Integer(cert.seq as i64)],
                 )?;
                 done.pushed += 1;
                 moved = (cert.prev == base.1 && cert.seq == base.0 + 1)
@@ -316,7 +321,13 @@ pub fn push<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<Pushed, Erro
                 // keep it visible as a dead letter, its rows in pdb_conflicts.
                 Some(Code::InvalidChangeset | Code::TooLarge) => {
                     let reason = format!("{} {}: {}", rej.status, rej.code, rej.detail);
-                    rebase::integrate(db, cfg, &[], Some((c.id, &reason)))?;
+                    rebase::integrate_in(
+                        db,
+                        &c.cfg,
+                        &mut c.local,
+                        Incoming::Commits(&[]),
+                        Some((q.id, &reason)),
+                    )?;
                     done.dead += 1;
                 }
                 _ => return Err(Error::Rejected(rej)),
@@ -343,18 +354,17 @@ pub struct Pull {
 /// transaction. A device with nothing of the group starts from the newest snapshot;
 /// one whose head the witness compacted away starts again from it, its pending
 /// changes rebased. While it runs, `pdb_status()` shows its progress.
-pub fn pull<D: Db>(db: &D, cfg: &Config, remote: &Remote) -> Result<Pull, Error> {
-    let path = status::db_path(db)?;
-    let result = pull_pages(db, cfg, remote, &path);
-    status::update(&path, |s| s.progress = None);
+pub fn pull<D: Db>(db: &D, c: &mut Cycle<'_>) -> Result<Pull, Error> {
+    let result = pull_pages(db, c);
+    status::update(&c.path, |s| s.progress = None);
     result
 }
 
 /// Creates and tracks the group's tables from its DDL, for a device that tracks none
 /// and found no snapshot: it then replays the history from the start.
-fn create_group_tables<D: Db>(db: &D, remote: &Remote) -> Result<(), Error> {
-    let info = remote.group_info()?.map_err(Error::Rejected)?;
-    crate::db::transaction(db, "pdb_pull", || {
+fn create_group_tables<D: Db>(db: &D, c: &mut Cycle<'_>) -> Result<(), Error> {
+    let info = c.witness.group_info()?.map_err(Error::Rejected)?;
+    let result = crate::db::transaction(db, "pdb_pull", || {
         capture::ensure_schema(db)?;
         crate::group_ddl::run(db, &info.ddl)?;
         let mut names = Vec::new();
@@ -372,7 +382,7 @@ fn create_group_tables<D: Db>(db: &D, remote: &Remote) -> Result<(), Error> {
         for n in names {
             capture::track(db, &n)?;
         }
-        let tables: Vec<_> = capture::tracked(db)?.into_iter().map(|t| t.info).collect();
+        let tables: Vec<_> = c.local.tables(db)?.iter().map(|t| t.info.clone()).collect();
         if schema_hash(&tables) != info.schema_hash {
             return Err(Error::Schema(format!(
                 "schema_mismatch: the group's DDL made tables with schema {}, not the group's {}",
@@ -381,28 +391,31 @@ fn create_group_tables<D: Db>(db: &D, remote: &Remote) -> Result<(), Error> {
             )));
         }
         Ok(())
-    })
+    });
+    if result.is_err() {
+        c.local.forget();
+    }
+    result
 }
 
-fn pull_pages<D: Db>(db: &D, cfg: &Config, remote: &Remote, path: &str) -> Result<Pull, Error> {
+fn pull_pages<D: Db>(db: &D, c: &mut Cycle<'_>) -> Result<Pull, Error> {
     let mut total = Pull::default();
-    if bootstrap::is_empty(db)? {
-        total.bootstrapped = bootstrap::bootstrap(db, cfg, remote, path, bootstrap::Reason::Asked)?;
-        if total.bootstrapped.is_none() && capture::tracked(db)?.is_empty() {
-            create_group_tables(db, remote)?;
+    if bootstrap::is_empty_in(db, &mut c.local)? {
+        total.bootstrapped = bootstrap::bootstrap(db, c, bootstrap::Reason::Asked)?;
+        if total.bootstrapped.is_none() && c.local.tables(db)?.is_empty() {
+            create_group_tables(db, c)?;
         }
     }
     // Each 410 means the witness compacted past this device; a few in a row can happen
     // while it snapshots and compacts faster than the device catches up.
     let mut rebootstraps = 0;
     loop {
-        let (seq, _) = config::head(db, &cfg.group)?;
-        let page = match remote.pull(seq, PAGE, Duration::ZERO)? {
+        let (seq, _) = config::head(db, &c.cfg.group)?;
+        let page = match c.witness.pull(seq, PAGE, Duration::ZERO)? {
             Ok(page) => page,
             Err(r) if r.code() == Some(Code::Compacted) && rebootstraps < 3 => {
                 rebootstraps += 1;
-                total.bootstrapped =
-                    bootstrap::bootstrap(db, cfg, remote, path, bootstrap::Reason::Compacted)?;
+                total.bootstrapped = bootstrap::bootstrap(db, c, bootstrap::Reason::Compacted)?;
                 continue;
             }
             Err(r) => return Err(Error::Rejected(r)),
@@ -418,11 +431,17 @@ fn pull_pages<D: Db>(db: &D, cfg: &Config, remote: &Remote, path: &str) -> Resul
             }
             break;
         }
-        let r = rebase::integrate(db, cfg, &page.commits, None)?;
+        let r = rebase::integrate_in(
+            db,
+            &c.cfg,
+            &mut c.local,
+            Incoming::Commits(&page.commits),
+            None,
+        )?;
         total.pulled += r.pulled;
         total.confirmed += r.confirmed;
         total.conflicts += r.conflicts;
-        status::update(path, |s| {
+        status::update(&c.path, |s| {
             s.progress = Some(json!({"phase": "pull", "seq": r.head.0, "target_seq": page.head.0}))
         });
         if r.head.0 >= page.head.0 {
@@ -449,51 +468,93 @@ fn unsent<D: Db>(db: &D) -> Result<i64, Error> {
 
 /// `pdb_push()`: sends the queue; pulls and rebases when the witness asks for it.
 pub fn push_now<D: Db>(db: &D) -> Result<Summary, Error> {
-    run(db, |db, cfg, remote, sum| {
-        for _ in 0..ROUNDS {
-            let p = push(db, cfg, remote)?;
-            sum.add_push(&p);
-            if !p.need_pull {
-                break;
-            }
-            sum.add_pull(&pull(db, cfg, remote)?);
+    run(db, None, push_rounds)
+}
+
+/// [`push_now`] through `witness` instead of the stored target's HTTP witness.
+pub fn push_now_with<D: Db>(db: &D, witness: &dyn Witness) -> Result<Summary, Error> {
+    run(db, Some(witness), push_rounds)
+}
+
+fn push_rounds<D: Db>(db: &D, c: &mut Cycle<'_>, sum: &mut Summary) -> Result<(), Error> {
+    for _ in 0..ROUNDS {
+        let p = push(db, c)?;
+        sum.add_push(&p);
+        if !p.need_pull {
+            break;
         }
-        Ok(())
-    })
+        sum.add_pull(&pull(db, c)?);
+    }
+    Ok(())
 }
 
 /// `pdb_pull()`: applies what the group has that this device has not.
 pub fn pull_now<D: Db>(db: &D) -> Result<Summary, Error> {
-    run(db, |db, cfg, remote, sum| {
-        sum.add_pull(&pull(db, cfg, remote)?);
-        Ok(())
-    })
+    run(db, None, pull_once)
+}
+
+/// [`pull_now`] through `witness` instead of the stored target's HTTP witness.
+pub fn pull_now_with<D: Db>(db: &D, witness: &dyn Witness) -> Result<Summary, Error> {
+    run(db, Some(witness), pull_once)
+}
+
+fn pull_once<D: Db>(db: &D, c: &mut Cycle<'_>, sum: &mut Summary) -> Result<(), Error> {
+    sum.add_pull(&pull(db, c)?);
+    Ok(())
 }
 
 /// `pdb_bootstrap()`: installs the witness's newest snapshot if it is ahead of this
 /// device (pending local changes are rebased onto it), then pulls what came after.
 pub fn bootstrap_now<D: Db>(db: &D) -> Result<Summary, Error> {
-    run(db, |db, cfg, remote, sum| {
-        let path = status::db_path(db)?;
-        let b = bootstrap::bootstrap(db, cfg, remote, &path, bootstrap::Reason::Asked);
-        sum.add_pull(&Pull {
-            bootstrapped: b?,
-            ..Pull::default()
-        });
-        sum.add_pull(&pull(db, cfg, remote)?);
-        Ok(())
-    })
+    run(db, None, bootstrap_then_pull)
+}
+
+/// [`bootstrap_now`] through `witness` instead of the stored target's HTTP witness.
+pub fn bootstrap_now_with<D: Db>(db: &D, witness: &dyn Witness) -> Result<Summary, Error> {
+    run(db, Some(witness), bootstrap_then_pull)
+}
+
+fn bootstrap_then_pull<D: Db>(db: &D, c: &mut Cycle<'_>, sum: &mut Summary) -> Result<(), Error> {
+    let b = bootstrap::bootstrap(db, c, bootstrap::Reason::Asked);
+    sum.add_pull(&Pull {
+        bootstrapped: b?,
+        ..Pull::default()
+    });
+    sum.add_pull(&pull(db, c)?);
+    Ok(())
 }
 
 /// `pdb_open(...)`: stores the sync target; a database with nothing of the group yet
 /// then installs the newest snapshot right away. That part is best effort (offline
 /// is normal): its outcome shows in `pdb_status()`, and the next sync tries again.
 pub fn open<D: Db>(db: &D, url: &str, group: &str, token: &str, key: &str) -> Result<(), Error> {
+    open_via(db, url, group, token, key, None)
+}
+
+/// [`open`] with its first bootstrap through `witness`, whatever `url` says.
+pub fn open_with<D: Db>(
+    db: &D,
+    url: &str,
+    group: &str,
+    token: &str,
+    key: &str,
+    witness: &dyn Witness,
+) -> Result<(), Error> {
+    open_via(db, url, group, token, key, Some(witness))
+}
+
+fn open_via<D: Db>(
+    db: &D,
+    url: &str,
+    group: &str,
+    token: &str,
+    key: &str,
+    witness: Option<&dyn Witness>,
+) -> Result<(), Error> {
     config::open(db, url, group, token, key)?;
     if db.is_autocommit() && bootstrap::is_empty(db)? {
-        let _ = run(db, |db, cfg, remote, sum| {
-            let path = status::db_path(db)?;
-            let b = bootstrap::bootstrap(db, cfg, remote, &path, bootstrap::Reason::Asked)?;
+        let _ = run(db, witness, |db, c, sum| {
+            let b = bootstrap::bootstrap(db, c, bootstrap::Reason::Asked)?;
             sum.bootstrapped = b;
             Ok(())
         });
@@ -503,23 +564,32 @@ pub fn open<D: Db>(db: &D, url: &str, group: &str, token: &str, key: &str) -> Re
 
 /// `pdb_sync()`: push, pull, and again while rebased commits wait to be sent.
 pub fn sync<D: Db>(db: &D) -> Result<Summary, Error> {
-    run(db, |db, cfg, remote, sum| {
-        for _ in 0..ROUNDS {
-            let p = push(db, cfg, remote)?;
-            sum.add_push(&p);
-            sum.add_pull(&pull(db, cfg, remote)?);
-            if unsent(db)? == 0 {
-                break;
-            }
+    run(db, None, sync_rounds)
+}
+
+/// [`sync`] through `witness` instead of the stored target's HTTP witness.
+pub fn sync_with<D: Db>(db: &D, witness: &dyn Witness) -> Result<Summary, Error> {
+    run(db, Some(witness), sync_rounds)
+}
+
+fn sync_rounds<D: Db>(db: &D, c: &mut Cycle<'_>, sum: &mut Summary) -> Result<(), Error> {
+    for _ in 0..ROUNDS {
+        let p = push(db, c)?;
+        sum.add_push(&p);
+        sum.add_pull(&pull(db, c)?);
+        if unsent(db)? == 0 {
+            break;
         }
-        Ok(())
-    })
+    }
+    Ok(())
 }
 
 /// Runs a sync step with the stored config, noting its outcome in the live status.
+/// `witness` replaces the stored target's HTTP witness (the only place one is made).
 fn run<D: Db>(
     db: &D,
-    f: impl FnOnce(&D, &Config, &Remote, &mut Summary) -> Result<(), Error>,
+    witness: Option<&dyn Witness>,
+    f: impl FnOnce(&D, &mut Cycle<'_>, &mut Summary) -> Result<(), Error>,
 ) -> Result<Summary, Error> {
     let path = status::db_path(db)?;
     if !db.is_autocommit() {
@@ -531,12 +601,30 @@ fn run<D: Db>(
         ));
     }
     let result = (|| {
-        let cfg = config::load(db)?;
-        let remote = remote(&cfg)?;
-        check_group(db, &cfg, &remote, &path)?;
+        // The one read of the target, schema and tables this cycle starts from.
+        let mut local = LocalView::default();
+        if !local.has_schema(db)? {
+            return Err(Error::NotOpen);
+        }
+        let cfg = config::read(db)?;
+        let http;
+        let witness: &dyn Witness = match witness {
+            Some(w) => w,
+            None => {
+                http = remote(&cfg)?;
+                &http
+            }
+        };
+        let mut c = Cycle {
+            cfg,
+            witness,
+            path: path.clone(),
+            local,
+        };
+        check_group(db, &mut c)?;
         let mut sum = Summary::default();
-        f(db, &cfg, &remote, &mut sum)?;
-        let (seq, head) = config::head(db, &cfg.group)?;
+        f(db, &mut c, &mut sum)?;
+        let (seq, head) = config::head(db, &c.cfg.group)?;
         sum.head = (seq, hex(&head));
         Ok(sum)
     })();

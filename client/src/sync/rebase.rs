@@ -30,6 +30,7 @@ use crate::rows::{
 use crate::schema::{affinity, kept_as_is, quote, Affinity};
 use crate::state::StateVector;
 use crate::sync::config::{self, Config};
+use crate::sync::cycle::LocalView;
 use crate::sync::strategy::{self, Strategy};
 use crate::transport::Pulled;
 use crate::value::{decode_field, Value, ValueRef};
@@ -125,6 +126,18 @@ pub fn integrate_incoming<D: Db>(
     incoming: Incoming<'_>,
     dead: Option<(i64, &str)>,
 ) -> Result<Integrated, Error> {
+    integrate_in(db, cfg, &mut LocalView::default(), incoming, dead)
+}
+
+/// [`integrate_incoming`] with a sync cycle's view of the tracked tables and
+/// strategies, read in its transaction if the schema changed since the cycle read them.
+pub(crate) fn integrate_in<D: Db>(
+    db: &D,
+    cfg: &Config,
+    view: &mut LocalView,
+    incoming: Incoming<'_>,
+    dead: Option<(i64, &str)>,
+) -> Result<Integrated, Error> {
     let trusted = config::head(db, &cfg.group)?;
     if let Incoming::Commits(commits) = &incoming {
         crate::history::verify_chain(
@@ -134,9 +147,9 @@ pub fn integrate_incoming<D: Db>(
             commits.iter().map(|p| (&p.cert, p.changeset.as_slice())),
         )?;
     }
-    transaction(db, "pdb_pull", || {
-        let tables = capture::tracked(db)?;
-        let strategies = strategy::load(db)?;
+    let result = transaction(db, "pdb_pull", || {
+        let tables = view.tables(db)?;
+        let strategies = view.strategies(db)?;
         let mut rebase = Rebase {
             db,
             tables: &tables,
@@ -273,13 +286,19 @@ pub fn integrate_incoming<D: Db>(
         }
         db.execute_batch("DELETE FROM pdb_apply_guard")?;
         config::set_head(db, seq, &head, &state)?;
+        // Muting and unmuting the triggers changed the schema, not the tables.
+        view.keep(db)?;
         Ok(Integrated {
             pulled: commits.len(),
             confirmed,
             conflicts: rebase.conflicts,
             head: (seq, head),
         })
-    })
+    });
+    if result.is_err() {
+        view.forget();
+    }
+    result
 }
 
 /// The local write B → L laid over the row as it is now: the columns the write changed
@@ -400,7 +419,7 @@ struct Rebase<'d, 't, D: Db + 'd> {
     /// Each tracked table's column affinities.
     affinities: Vec<Vec<Affinity>>,
     applier: Applier<'d, D>,
-    strategies: HashMap<String, Strategy>,
+    strategies: std::rc::Rc<HashMap<String, Strategy>>,
     conflicts: usize,
 }
 

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::db::Db;
 use crate::sync::{config, remote, status};
+use crate::transport::Witness;
 use crate::{Error, Retry};
 
 /// Settings of a worker (`pdb_sync_start(options_json)`).
@@ -175,6 +176,36 @@ where
     C: Db,
     F: FnOnce() -> Result<C, Error> + Send + 'static,
 {
+    start_via(path, options, open, None)
+}
+
+/// The witness a worker talks to instead of the stored target's HTTP witness.
+pub type SharedWitness = Arc<dyn Witness + Send + Sync>;
+
+/// [`start`] with a worker (and its watcher) talking to `witness`.
+pub fn start_with<C, F>(
+    path: &str,
+    options: Options,
+    open: F,
+    witness: SharedWitness,
+) -> Result<bool, Error>
+where
+    C: Db,
+    F: FnOnce() -> Result<C, Error> + Send + 'static,
+{
+    start_via(path, options, open, Some(witness))
+}
+
+fn start_via<C, F>(
+    path: &str,
+    options: Options,
+    open: F,
+    witness: Option<SharedWitness>,
+) -> Result<bool, Error>
+where
+    C: Db,
+    F: FnOnce() -> Result<C, Error> + Send + 'static,
+{
     if path.is_empty() {
         return Err(Error::Argument(
             "pdb_sync_start() needs a database file: the worker opens its own connection to it"
@@ -201,7 +232,7 @@ where
     let thread = std::thread::Builder::new()
         .name("pdb-sync".into())
         .spawn(move || {
-            let outcome = open().map(|conn| run(&conn, &sig, options, &p));
+            let outcome = open().map(|conn| run(&conn, &sig, options, &p, witness));
             status::update(&p, |s| {
                 s.worker = false;
                 if let Err(e) = outcome {
@@ -295,12 +326,21 @@ fn record_halt(path: &str, e: &Error) {
     });
 }
 
-fn run<C: Db>(conn: &C, signal: &Arc<Signal>, o: Options, path: &str) {
+fn run<C: Db>(
+    conn: &C,
+    signal: &Arc<Signal>,
+    o: Options,
+    path: &str,
+    witness: Option<SharedWitness>,
+) {
     let head = Arc::new(AtomicU64::new(0));
     let mut watcher: Option<JoinHandle<()>> = None;
     let mut backoff = o.min_backoff;
     loop {
-        let result = super::sync(conn);
+        let result = match &witness {
+            Some(w) => super::sync_with(conn, &**w),
+            None => super::sync(conn),
+        };
         // Set while only the application's connection can get past the error: the
         // applied seq then, which moves when it did.
         let mut waiting_at = None;
@@ -337,10 +377,13 @@ fn run<C: Db>(conn: &C, signal: &Arc<Signal>, o: Options, path: &str) {
         // The watcher needs the stored target, which may appear only after pdb_open.
         if !watcher.as_ref().is_some_and(|w| !w.is_finished()) {
             if let Ok(cfg) = config::load(conn) {
-                let (sig, h) = (signal.clone(), head.clone());
+                let (sig, h, w) = (signal.clone(), head.clone(), witness.clone());
                 watcher = std::thread::Builder::new()
                     .name("pdb-watch".into())
-                    .spawn(move || watch(&cfg, &sig, &h, o))
+                    .spawn(move || match w {
+                        Some(w) => watch_with(&*w, &sig, &h, o),
+                        None => watch(&cfg, &sig, &h, o),
+                    })
                     .ok();
             }
         }
@@ -376,6 +419,11 @@ fn has_unsent<C: Db>(conn: &C) -> bool {
 fn watch(cfg: &config::Config, signal: &Signal, head: &AtomicU64, o: Options) {
     // The worker reports a bad CA file; without a client there is nothing to watch.
     let Ok(remote) = remote(cfg) else { return };
+    watch_with(&remote, signal, head, o);
+}
+
+/// [`watch`] on any witness.
+fn watch_with(remote: &dyn Witness, signal: &Signal, head: &AtomicU64, o: Options) {
     let mut seen = 0;
     let mut backoff = o.min_backoff;
     while !signal.stopped() {
