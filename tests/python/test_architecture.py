@@ -1,5 +1,6 @@
 """ARCHITECTURE.md's code map names every source file of the repository, so that a new
-file cannot land without a line saying what it holds.
+file cannot land without a line saying what it holds; and no crate's modules import
+each other in a circle (each module has one job, below the ones that use it).
 
 A file counts as named when the map mentions its path, or its name in backticks
 (`group.rs`) under its crate's bullet; names that several folders share (`mod.rs`,
@@ -7,9 +8,12 @@ A file counts as named when the map mentions its path, or its name in backticks
 (`ffi/mod.rs`, `fuzz/apply/base.sql`).
 """
 
+import re
 import subprocess
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SOURCE = (".rs", ".py", ".sh", ".sql", ".js")
@@ -66,3 +70,72 @@ def test_the_code_map_names_every_source_file():
         if not named:
             missing.append(f)
     assert not missing, "ARCHITECTURE.md's code map does not name: " + ", ".join(missing)
+
+
+CRATES = ["core/src", "client/src", "ext/src", "server-min/src", "testkit/src", "bench/src",
+          "fuzz/src"]
+
+
+def module_graph(src):
+    """{module: modules it names with `crate::` or `super::`} of one crate, test modules
+    left out (they may look anywhere)."""
+    src = REPO_ROOT / src
+    graph = {}
+    for f in src.rglob("*.rs"):
+        parts = list(f.relative_to(src).with_suffix("").parts)
+        if parts[-1] in ("mod", "lib", "main"):
+            parts = parts[:-1]
+        if not parts:
+            continue
+        text = f.read_text().split("#[cfg(test)]")[0]
+
+        def module(segs):
+            for k in range(len(segs), 0, -1):
+                if (src.joinpath(*segs[:k]).with_suffix(".rs").exists()
+                        or src.joinpath(*segs[:k], "mod.rs").exists()):
+                    return "::".join(segs[:k])
+            return None
+
+        deps = {module(u.strip(":").split("::"))
+                for u in re.findall(r"crate::([a-z_][a-z0-9_:]*)", text)}
+        deps |= {module(parts[:-1] + [u]) or "::".join(parts[:-1])
+                 for u in re.findall(r"super::([a-z_][a-z0-9_]*)", text)}
+        me = "::".join(parts)
+        graph.setdefault(me, set()).update(d for d in deps if d and d != me)
+    return graph
+
+
+def circles(graph):
+    """The strongly connected groups of more than one module (Tarjan)."""
+    index, low, stack, on, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in list(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+@pytest.mark.parametrize("crate", CRATES)
+def test_no_module_imports_a_module_that_imports_it_back(crate):
+    assert circles(module_graph(crate)) == []
