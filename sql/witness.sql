@@ -68,3 +68,17 @@ CREATE TABLE IF NOT EXISTS snapshots (
   PRIMARY KEY (group_id, seq)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS snapshots_by_object ON snapshots(blake3);
+
+-- Projections (DESIGN §5): admin-declared views over a group's certified history,
+-- built outside the commit path into DATA/projections/ (a cache, rebuilt from the
+-- history when lost). One row per projection: its current definition. `id` is its
+-- version and never reused (AUTOINCREMENT), so the tables of a redefinition are never
+-- mistaken for the old one's.
+CREATE TABLE IF NOT EXISTS projections (
+  id         INTEGER PRIMARY KEY AUTOINCREMENT,
+  group_id   INTEGER NOT NULL REFERENCES groups(id),
+  name       TEXT NOT NULL,
+  spec       TEXT NOT NULL,          -- canonical JSON (projection::spec::Spec::canonical)
+  created_at INTEGER NOT NULL,       -- unix ms
+  UNIQUE (group_id, name)
+) STRICT;

@@ -236,8 +236,18 @@ impl Error {
                     | Code::IdempotencyConflict
                     | Code::TooLarge
                     | Code::BadRequest
-                    | Code::InvalidSchema,
+                    | Code::InvalidSchema
+                    | Code::InvalidProjection
+                    | Code::InvalidQuery
+                    | Code::InvalidCursor
+                    | Code::ProjectionFailed
+                    | Code::CursorMismatch,
                 ) => Retry::Never,
+                // The client itself never reads projections; these are here so that
+                // every code has a class.
+                Some(Code::ProjectionBuilding | Code::ProjectionLagging) => {
+                    Retry::Later(r.retry_after)
+                }
                 None if matches!(r.status, 408 | 429 | 500..=599) => Retry::Later(r.retry_after),
                 None => Retry::Never,
             },

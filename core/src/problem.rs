@@ -33,11 +33,28 @@ pub enum Code {
     /// A group's DDL is not a schema: it does something other than create tables and
     /// indexes in `main`, or does not run (400).
     InvalidSchema,
+    /// A projection spec names an unknown table or column, or an expression outside
+    /// the allowed subset (422; `field` names the spec member at fault).
+    InvalidProjection,
+    /// A projection read's parameters: an undeclared field, a bad value, a limit out
+    /// of range, a search the witness cannot take (400; `parameter` names it).
+    InvalidQuery,
+    /// A `next` cursor that this witness did not issue for this read (400).
+    InvalidCursor,
+    /// The projection is being built; retry later (503, with progress).
+    ProjectionBuilding,
+    /// The projection stopped (a build error, or derived state that did not match
+    /// the certified history) and serves nothing until it is redefined (409).
+    ProjectionFailed,
+    /// `min_seq` was not reached within the wait (409, with the projection's `seq`).
+    ProjectionLagging,
+    /// A stream cursor `seq:head` whose head is not this group's head at that seq (409).
+    CursorMismatch,
 }
 
 impl Code {
     /// Every code, in the order metrics list them.
-    pub const ALL: [Code; 14] = [
+    pub const ALL: [Code; 21] = [
         Code::StaleBase,
         Code::Conflict,
         Code::SchemaMismatch,
@@ -52,6 +69,13 @@ impl Code {
         Code::Compacted,
         Code::RangeNotSatisfiable,
         Code::InvalidSchema,
+        Code::InvalidProjection,
+        Code::InvalidQuery,
+        Code::InvalidCursor,
+        Code::ProjectionBuilding,
+        Code::ProjectionFailed,
+        Code::ProjectionLagging,
+        Code::CursorMismatch,
     ];
 
     /// The `code` member of the problem document.
@@ -71,6 +95,13 @@ impl Code {
             Code::Compacted => "compacted",
             Code::RangeNotSatisfiable => "range_not_satisfiable",
             Code::InvalidSchema => "invalid_schema",
+            Code::InvalidProjection => "invalid_projection",
+            Code::InvalidQuery => "invalid_query",
+            Code::InvalidCursor => "invalid_cursor",
+            Code::ProjectionBuilding => "projection_building",
+            Code::ProjectionFailed => "projection_failed",
+            Code::ProjectionLagging => "projection_lagging",
+            Code::CursorMismatch => "cursor_mismatch",
         }
     }
 
@@ -83,8 +114,12 @@ impl Code {
             Code::InvalidChangeset | Code::IdempotencyConflict => 422,
             Code::TooLarge => 413,
             Code::NotFound => 404,
-            Code::BadRequest | Code::InvalidSchema => 400,
-            Code::Unavailable => 503,
+            Code::BadRequest | Code::InvalidSchema | Code::InvalidQuery | Code::InvalidCursor => {
+                400
+            }
+            Code::InvalidProjection => 422,
+            Code::ProjectionFailed | Code::ProjectionLagging | Code::CursorMismatch => 409,
+            Code::Unavailable | Code::ProjectionBuilding => 503,
             Code::Compacted => 410,
             Code::RangeNotSatisfiable => 416,
         }
@@ -107,6 +142,13 @@ impl Code {
             Code::Compacted => "Those commits were compacted; bootstrap from a snapshot",
             Code::RangeNotSatisfiable => "The requested range is outside the object",
             Code::InvalidSchema => "The DDL is not a group schema",
+            Code::InvalidProjection => "The projection spec is not valid for this group",
+            Code::InvalidQuery => "The projection read's parameters are not valid",
+            Code::InvalidCursor => "The cursor was not issued for this read",
+            Code::ProjectionBuilding => "The projection is being built",
+            Code::ProjectionFailed => "The projection has stopped",
+            Code::ProjectionLagging => "The projection has not reached the seq asked for",
+            Code::CursorMismatch => "The cursor's head is not this group's head at its seq",
         }
     }
 }

@@ -32,24 +32,170 @@ impl std::str::FromStr for Role {
     }
 }
 
+/// What a token grants on one group: a role, or reads of named projections only
+/// (`"project:<name>"`, or a list of them), which reach nothing else of the group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// A role and every role below it.
+    Role(Role),
+    /// Reads of these projections, and nothing else.
+    Projections(Vec<String>),
+}
+
+impl std::str::FromStr for Grant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Grant, String> {
+        match s.strip_prefix("project:") {
+            Some(name) if !name.is_empty() => Ok(Grant::Projections(vec![name.to_string()])),
+            Some(_) => Err("project: needs a projection name".into()),
+            None => s
+                .parse()
+                .map(Grant::Role)
+                .map_err(|e| format!("{e}, or project:<name>")),
+        }
+    }
+}
+
+/// A grant as tokens spell it.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum GrantText {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl TryFrom<GrantText> for Grant {
+    type Error = String;
+    fn try_from(g: GrantText) -> Result<Grant, String> {
+        match g {
+            GrantText::One(s) => s.parse(),
+            GrantText::Many(list) => {
+                let mut names = Vec::new();
+                for s in list {
+                    match s.parse()? {
+                        Grant::Projections(n) => names.extend(n),
+                        Grant::Role(_) => {
+                            return Err(
+                                "a list of grants may hold only project:<name> entries".into()
+                            )
+                        }
+                    }
+                }
+                Ok(Grant::Projections(names))
+            }
+        }
+    }
+}
+
+impl From<&Grant> for GrantText {
+    fn from(g: &Grant) -> GrantText {
+        match g {
+            Grant::Role(r) => GrantText::One(format!("{r:?}").to_lowercase()),
+            Grant::Projections(n) if n.len() == 1 => GrantText::One(format!("project:{}", n[0])),
+            Grant::Projections(n) => {
+                GrantText::Many(n.iter().map(|n| format!("project:{n}")).collect())
+            }
+        }
+    }
+}
+
+/// The claims of a PersonalDB token as they are signed.
+#[derive(Serialize, Deserialize)]
+struct ClaimsText {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    groups: BTreeMap<String, GrantText>,
+    #[serde(flatten)]
+    extra: BTreeMap<String, serde_json::Value>,
+}
+
 /// The claims of a PersonalDB token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "ClaimsText", into = "ClaimsText")]
 pub struct Claims {
     /// Who the token was issued to.
     pub sub: String,
     /// Expiry, unix seconds.
     pub exp: u64,
-    /// Role per group name; the name `*` stands for every group.
-    pub groups: BTreeMap<String, Role>,
+    /// Grant per group name; the name `*` stands for every group.
+    pub groups: BTreeMap<String, Grant>,
+    /// Every other claim (a projection's scope may compare rows with one).
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl TryFrom<ClaimsText> for Claims {
+    type Error = String;
+    fn try_from(c: ClaimsText) -> Result<Claims, String> {
+        let mut groups = BTreeMap::new();
+        for (g, grant) in c.groups {
+            let grant = Grant::try_from(grant).map_err(|e| format!("group \"{g}\": {e}"))?;
+            groups.insert(g, grant);
+        }
+        Ok(Claims {
+            sub: c.sub,
+            exp: c.exp,
+            groups,
+            extra: c.extra,
+        })
+    }
+}
+
+impl From<Claims> for ClaimsText {
+    fn from(c: Claims) -> ClaimsText {
+        ClaimsText {
+            groups: c
+                .groups
+                .iter()
+                .map(|(g, r)| (g.clone(), r.into()))
+                .collect(),
+            sub: c.sub,
+            exp: c.exp,
+            extra: c.extra,
+        }
+    }
 }
 
 impl Claims {
+    /// Claims granting `role` on each of `groups`.
+    pub fn new(sub: &str, exp: u64, groups: impl IntoIterator<Item = (String, Grant)>) -> Claims {
+        Claims {
+            sub: sub.to_string(),
+            exp,
+            groups: groups.into_iter().collect(),
+            extra: BTreeMap::new(),
+        }
+    }
+
+    fn grant(&self, group: &str) -> Option<&Grant> {
+        self.groups.get(group).or_else(|| self.groups.get("*"))
+    }
+
     /// The role these claims grant on `group`: its own entry, else the `*` entry.
+    /// `None` for a projection-only grant.
     pub fn role(&self, group: &str) -> Option<Role> {
-        self.groups
-            .get(group)
-            .or_else(|| self.groups.get("*"))
-            .copied()
+        match self.grant(group)? {
+            Grant::Role(r) => Some(*r),
+            Grant::Projections(_) => None,
+        }
+    }
+
+    /// Whether the claims grant reads of projection `name` of `group` and nothing
+    /// more (so its scope applies).
+    pub fn projection_only(&self, group: &str, name: &str) -> bool {
+        matches!(self.grant(group), Some(Grant::Projections(n)) if n.iter().any(|n| n == name))
+    }
+
+    /// The value of claim `name` as text, if the token has it as a string or number.
+    pub fn claim(&self, name: &str) -> Option<String> {
+        if name == "sub" {
+            return Some(self.sub.clone());
+        }
+        match self.extra.get(name)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
     }
 }
 
@@ -127,12 +273,16 @@ impl Auth {
     /// only, so a token for one group learns nothing about another.
     pub fn check(&self, header: Option<&str>, group: &str, need: Role) -> Result<Claims, Problem> {
         let claims = self.authenticate(header)?;
-        match claims.role(group) {
-            Some(r) if r >= need => Ok(claims),
-            Some(r) => Err(Problem::new(
+        match claims.grant(group) {
+            Some(Grant::Role(r)) if *r >= need => Ok(claims),
+            Some(Grant::Role(r)) => Err(Problem::new(
                 Code::Forbidden,
                 format!("this needs the {need:?} role on the group; the token grants {r:?}")
                     .to_lowercase(),
+            )),
+            Some(Grant::Projections(_)) => Err(Problem::new(
+                Code::Forbidden,
+                "the token grants reads of projections only on this group",
             )),
             None => Err(Problem::new(
                 Code::Forbidden,
@@ -177,11 +327,43 @@ mod tests {
     use super::*;
 
     fn claims(groups: &[(&str, Role)], exp: u64) -> Claims {
-        Claims {
-            sub: "alice".into(),
+        Claims::new(
+            "alice",
             exp,
-            groups: groups.iter().map(|(g, r)| (g.to_string(), *r)).collect(),
-        }
+            groups.iter().map(|(g, r)| (g.to_string(), Grant::Role(*r))),
+        )
+    }
+
+    #[test]
+    fn projection_grants_read_their_projections_and_nothing_else() {
+        let secret = SigningSecret::Hs256(b"s3cret".to_vec());
+        let auth = Auth::hs256(b"s3cret");
+        let mut c = Claims::new(
+            "bob",
+            later(),
+            [("g".to_string(), "project:search".parse::<Grant>().unwrap())],
+        );
+        c.extra.insert("team".into(), "blue".into());
+        let t = secret.issue(&c).unwrap();
+        let h = format!("Bearer {t}");
+        let back = auth.authenticate(Some(&h)).unwrap();
+        assert!(back.projection_only("g", "search"));
+        assert!(!back.projection_only("g", "other"));
+        assert_eq!(back.role("g"), None);
+        assert_eq!(back.claim("team").as_deref(), Some("blue"));
+        assert_eq!(back.claim("sub").as_deref(), Some("bob"));
+        assert_eq!(
+            auth.check(Some(&h), "g", Role::Read).unwrap_err().code,
+            Code::Forbidden
+        );
+        // A list of grants is for projections only.
+        let raw = serde_json::json!({"sub": "x", "exp": later(), "groups": {"g": ["project:a", "project:b"]}});
+        let c: Claims = serde_json::from_value(raw).unwrap();
+        assert!(c.projection_only("g", "b"));
+        let bad = serde_json::json!({"sub": "x", "exp": later(), "groups": {"g": ["read"]}});
+        assert!(serde_json::from_value::<Claims>(bad).is_err());
+        let bad = serde_json::json!({"sub": "x", "exp": later(), "groups": {"g": "owner"}});
+        assert!(serde_json::from_value::<Claims>(bad).is_err());
     }
 
     fn later() -> u64 {

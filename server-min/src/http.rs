@@ -25,6 +25,7 @@ use crate::problem::{Code, Problem};
 use crate::witness::Witness;
 
 mod objects;
+mod projections;
 
 /// Everything a request handler needs.
 pub struct App {
@@ -57,6 +58,9 @@ impl IntoResponse for Problem {
         if self.code == Code::Unauthorized {
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if self.code == Code::ProjectionBuilding {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         resp
     }
 }
@@ -74,6 +78,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v1/groups/{g}/snapshots/latest", get(get_latest_snapshot))
         .route("/v1/objects/{hash}", get(get_object))
+        .merge(projections::routes())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .fallback(|| async { Problem::new(Code::NotFound, "no such endpoint") })
@@ -290,11 +295,11 @@ fn number(name: &str, v: Option<&str>, default: u64) -> Result<u64, Problem> {
 /// as `get_commits` caps it; zero for any other request (and for a `wait` that
 /// `get_commits` refuses at once).
 pub(crate) fn long_poll_wait(req: &Request) -> Duration {
-    let pull = req.method() == Method::GET
-        && req
-            .extensions()
-            .get::<MatchedPath>()
-            .is_some_and(|p| p.as_str() == COMMITS);
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str());
+    if req.method() == Method::GET && route == Some(projections::ROWS) {
+        return projections::read_wait(req.uri());
+    }
+    let pull = req.method() == Method::GET && route == Some(COMMITS);
     if !pull {
         return Duration::ZERO;
     }

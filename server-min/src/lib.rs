@@ -5,6 +5,7 @@
 //! - [`replica`]: a group's tables, kept at the head with the session extension.
 //! - [`schema_guard`]: the only way a group's DDL reaches SQLite.
 //! - [`snapshot`]: database images at a head, the object store, retention.
+//! - [`projection`]: server-side views over the history, built off the commit path.
 //! - [`log`]: the history as the sequencer uses it, a trait any store can implement.
 //! - [`store`]: the durable history (`witness.db`) and its group-commit writer.
 //! - [`http`], [`request`], [`auth`], [`problem`]: the HTTP API over the core.
@@ -20,6 +21,7 @@ pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod problem;
+pub mod projection;
 pub mod replica;
 pub mod request;
 pub mod schema_guard;

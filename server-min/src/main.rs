@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use pdb_core::cert::{hex, parse_hex};
-use pdb_witness::auth::{Auth, Claims, Role, SigningSecret};
+use pdb_witness::auth::{Auth, Claims, Grant, Role, SigningSecret};
 use pdb_witness::http::{router, App};
 use pdb_witness::keys;
 use pdb_witness::limits::{self, Limits};
@@ -118,9 +118,9 @@ struct Token {
     /// Group the role applies to (`*` for every group).
     #[arg(long)]
     group: String,
-    /// read, write or admin.
+    /// read, write or admin; or project:NAME for reads of that projection only.
     #[arg(long)]
-    role: Role,
+    role: Grant,
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     ttl: u64,
@@ -169,11 +169,7 @@ fn main() -> anyhow::Result<()> {
             } else {
                 anyhow::bail!("give --data DIR, --jwt-secret S or --ed25519-key FILE to sign with");
             };
-            let claims = Claims {
-                sub: t.sub,
-                exp: now_s() + t.ttl,
-                groups: [(t.group, t.role)].into_iter().collect(),
-            };
+            let claims = Claims::new(&t.sub, now_s() + t.ttl, [(t.group, t.role)]);
             println!("{}", secret.issue(&claims)?);
             Ok(())
         }
@@ -249,11 +245,11 @@ fn serve(s: Serve) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         writeln!(out, "witness key: {}", hex(&witness.public_key()))?;
         if let Some(secret) = local_secret {
-            let claims = Claims {
-                sub: "admin".into(),
-                exp: now_s() + 7 * 24 * 3600,
-                groups: [("*".to_string(), Role::Admin)].into_iter().collect(),
-            };
+            let claims = Claims::new(
+                "admin",
+                now_s() + 7 * 24 * 3600,
+                [("*".to_string(), Grant::Role(Role::Admin))],
+            );
             writeln!(
                 out,
                 "admin token: {}",

@@ -259,6 +259,12 @@ impl Replica {
         }
     }
 
+    /// The replica's connection, for a projection builder, whose derived tables live
+    /// in the same file as its mirror of the group's tables.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     /// The schema hash of the replica's tables.
     pub fn schema_hash(&self) -> Hash {
         self.schema_hash

@@ -12,6 +12,7 @@ use crate::group::{self, Env, Group, Groups, SnapshotDue};
 use crate::log::{Log, StoredCommit};
 use crate::metrics::Metrics;
 use crate::problem::{Code, Problem};
+use crate::projection::Projections;
 use crate::replica::{check_ddl, Replica, SchemaError};
 use crate::snapshot::{remove_db, replica_path, Policy, Snapshots};
 use crate::store::Store;
@@ -39,6 +40,7 @@ pub struct Witness {
     groups: Groups,
     snapshots: Arc<Snapshots>,
     snapshot_due: SnapshotDue,
+    projections: Projections,
     creating: Mutex<()>,
 }
 
@@ -83,12 +85,14 @@ impl Witness {
         let groups: Groups = Arc::new(RwLock::new(HashMap::new()));
         let (snapshots, due) =
             Snapshots::open(data, store.clone(), key.clone(), policy, groups.clone())?;
+        let projections = Projections::new(data, store.clone(), snapshots.clone(), &key);
         let witness = Witness {
             data: data.to_path_buf(),
             store,
             key,
             metrics,
             groups,
+            projections,
             snapshots,
             snapshot_due: SnapshotDue {
                 every_commits: policy.every_commits,
@@ -137,6 +141,17 @@ impl Witness {
                 .map_err(StartError::Group)?;
             witness.register(g);
         }
+        let all: Vec<Arc<Group>> = witness
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        witness
+            .projections
+            .start(&all)
+            .map_err(|p| StartError::Group(format!("projections: {p}")))?;
         Ok(witness)
     }
 
@@ -147,6 +162,11 @@ impl Witness {
             metrics: self.metrics.clone(),
             snapshot_due: self.snapshot_due.clone(),
         }
+    }
+
+    /// Every group's projections.
+    pub fn projections(&self) -> &Projections {
+        &self.projections
     }
 
     /// Snapshots and the object store.
