@@ -635,7 +635,12 @@ pub fn recompute_sql(plan: &Plan) -> String {
         }
         PlanBody::Search { columns, .. } => {
             let mut sel = cx.pk("");
-            sel.extend(columns.iter().map(|&c| cx.col("", c)));
+            sel.extend(
+                columns
+                    .iter()
+                    .filter(|&&c| t.columns[c].pk == 0)
+                    .map(|&c| cx.col("", c)),
+            );
             sel.extend(cx.scope(""));
             format!("SELECT {} FROM main.{} WHERE {w}", list(sel), cx.table)
         }

@@ -1042,9 +1042,11 @@ pub fn parse_measure(src: &str, table: &TableInfo) -> Result<Measure, String> {
         "avg" => Measure::Avg(e),
         "min" => Measure::Min(e),
         "max" => Measure::Max(e),
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "{other}() is not a measure: use count(*), count(x), sum(x), avg(x), min(x) or max(x)"
-        )),
+        ))
+        }
     };
     p.finish(m)
 }

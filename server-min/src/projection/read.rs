@@ -281,8 +281,7 @@ impl Cursors {
         let mac = b64().decode(m).map_err(|_| refused())?;
         // Constant time: the comparison must not tell a forger how close it came.
         let want = self.mac(context, &payload);
-        if mac.len() != want.len()
-            || mac.iter().zip(&want).fold(0u8, |a, (x, y)| a | (x ^ y)) != 0
+        if mac.len() != want.len() || mac.iter().zip(&want).fold(0u8, |a, (x, y)| a | (x ^ y)) != 0
         {
             return Err(refused());
         }
