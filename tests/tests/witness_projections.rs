@@ -296,7 +296,7 @@ fn aggregate_index_and_search_follow_the_history() {
     ] {
         let r = put(&admin, "cal", name, &spec);
         assert_eq!(r.status, 201, "{name}: {:?}", r.body);
-        assert_eq!(r.body["version"].as_u64().is_some(), true);
+        assert!(r.body["version"].as_u64().is_some());
         // The same spec again changes nothing.
         let again = put(&admin, "cal", name, &spec);
         assert_eq!(again.status, 200, "{:?}", again.body);
