@@ -705,3 +705,486 @@ fn kills_during_backfill_and_follow_never_apply_a_commit_twice_or_skip_one() {
     drop(w);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn specs_outside_the_subset_are_refused_naming_the_field() {
+    let w = WitnessProc::start(&temp_dir("refuse")).removing_data();
+    let admin = w.admin_client();
+    Writer::new(&admin, "r");
+    let cases = [
+        (
+            json!({"kind": "index", "table": "nope", "key": {"m": "title"}, "columns": ["id"]}),
+            "/table",
+        ),
+        (
+            json!({"kind": "index", "table": "events", "key": {"m": "nope"}, "columns": ["id"]}),
+            "/key/m",
+        ),
+        (
+            json!({"kind": "index", "table": "events", "key": {"m": "title"}, "columns": ["nope"]}),
+            "/columns/0",
+        ),
+        (
+            json!({"kind": "index", "table": "events", "key": {"m": "random()"}, "columns": ["id"]}),
+            "/key/m",
+        ),
+        (
+            json!({"kind": "index", "table": "events", "key": {"m": "datetime('now')"}, "columns": ["id"]}),
+            "/key/m",
+        ),
+        (
+            json!({"kind": "index", "table": "events", "key": {"m": "(SELECT max(id) FROM events)"}, "columns": ["id"]}),
+            "/key/m",
+        ),
+        (
+            json!({"kind": "index", "table": "events", "key": {"m": "notes.title"}, "columns": ["id"]}),
+            "/key/m",
+        ),
+        (
+            json!({"kind": "index", "table": "events", "key": {"m": "title"}, "columns": ["id"], "where": "id IN (SELECT id FROM notes)"}),
+            "/where",
+        ),
+        (
+            json!({"kind": "aggregate", "table": "events", "measures": {"n": "count(*) + 1"}}),
+            "/measures/n",
+        ),
+        (
+            json!({"kind": "aggregate", "table": "events", "measures": {"n": "group_concat(title)"}}),
+            "/measures/n",
+        ),
+        (
+            json!({"kind": "search", "table": "notes", "columns": ["title"], "tokenizer": "icu"}),
+            "/tokenizer",
+        ),
+        (
+            json!({"kind": "search", "table": "notes", "columns": ["title"], "scope": {"column": "owner"}}),
+            "/scope/claim",
+        ),
+        (json!({"kind": "view", "table": "notes"}), "/kind"),
+        (
+            json!({"kind": "search", "table": "notes", "columns": ["title"], "sql": "DROP TABLE notes"}),
+            "/sql",
+        ),
+        (
+            json!({"kind": "index", "table": "events", "key": {"m": "title; DROP TABLE events"}, "columns": ["id"]}),
+            "/key/m",
+        ),
+    ];
+    for (spec, field) in cases {
+        let r = put(&admin, "r", "p", &spec);
+        assert_eq!(r.status, 422, "{spec}: {:?}", r.body);
+        assert_eq!(r.code(), Some("invalid_projection"), "{spec}");
+        assert_eq!(r.body["field"], field, "{spec}: {:?}", r.body);
+    }
+    let not_json = admin
+        .send(
+            "PUT",
+            "/v1/groups/r/projections/p",
+            &[],
+            Some(b"{kind".to_vec()),
+        )
+        .unwrap();
+    assert_eq!(not_json.code(), Some("invalid_projection"));
+    let bad_name = put(&admin, "r", "Bad-Name", &notes_search());
+    assert_eq!(bad_name.status, 400, "{:?}", bad_name.body);
+    // Nothing was defined by any of them.
+    let list = get(&admin, "/v1/groups/r/projections");
+    assert_eq!(list.body["projections"], json!([]));
+    assert_eq!(put(&admin, "nogroup", "p", &notes_search()).status, 404);
+}
+
+#[test]
+fn hostile_search_text_is_searched_literally_or_refused() {
+    let w = WitnessProc::start(&temp_dir("hostile")).removing_data();
+    let admin = w.admin_client();
+    let mut wr = Writer::new(&admin, "h");
+    wr.exec(
+        "INSERT INTO notes VALUES ('n1', 'secret', 'plain words', 'ann');
+         INSERT INTO notes VALUES ('n2', 'other', 'near far milk', 'bob');",
+    );
+    assert_eq!(put(&admin, "h", "s", &notes_search()).status, 201);
+    wait_ready(&admin, "h", "s");
+    let long = "milk ".repeat(2000);
+    let huge = "x".repeat(10_000);
+    for q in [
+        "\"",
+        "*",
+        "**",
+        "NEAR(near far)",
+        "near OR secret",
+        "title:secret",
+        "{title}:secret",
+        "\"unbalanced",
+        "secret)",
+        "(",
+        "^secret",
+        "-secret",
+        "secret NOT plain",
+        "secret AND",
+        "a'b",
+        "%00",
+        "\\",
+        long.as_str(),
+        huge.as_str(),
+        "😀",
+        "title : secret",
+    ] {
+        let enc: String = url_encode(q);
+        let r = get(&admin, &format!("/v1/groups/h/projections/s?q={enc}"));
+        assert!(
+            r.status == 200 || r.status == 400,
+            "{q:.40}: {} {:?}",
+            r.status,
+            r.body
+        );
+        if r.status == 400 {
+            assert_eq!(r.code(), Some("invalid_query"), "{q:.40}");
+            continue;
+        }
+        let rows = r.body["rows"].as_array().unwrap();
+        // FTS5 syntax would find n1 by its title column or by OR; literal words do not.
+        if [
+            "title:secret",
+            "{title}:secret",
+            "near OR secret",
+            "secret NOT plain",
+            "title : secret",
+        ]
+        .contains(&q)
+        {
+            assert!(rows.is_empty(), "{q}: {rows:?}");
+        }
+    }
+    // Literal words still search.
+    let r = get(&admin, "/v1/groups/h/projections/s?q=secret");
+    assert_eq!(r.body["rows"].as_array().unwrap().len(), 1);
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn filters_pages_and_cursors_refuse_what_was_not_declared() {
+    let w = WitnessProc::start(&temp_dir("pages")).removing_data();
+    let admin = w.admin_client();
+    let mut wr = Writer::new(&admin, "p");
+    let mut sql = String::new();
+    for i in 1..=53 {
+        sql.push_str(&format!(
+            "INSERT INTO events VALUES ({i}, 't{i}', '2026-{:02}-01', {}, 'ann');",
+            i % 12 + 1,
+            if i % 5 == 0 {
+                "NULL".to_string()
+            } else {
+                (i * 7).to_string()
+            }
+        ));
+    }
+    wr.exec(&sql);
+    // Key fields in the order given: as a list of one-member objects, since JSON
+    // libraries (serde_json's `json!` among them) may sort an object's members.
+    let spec = json!({"kind": "index", "table": "events", "key": [{"month": "substr(starts_at, 1, 7)"}, {"len": "duration"}],
+                      "columns": ["id", "title"]});
+    assert_eq!(put(&admin, "p", "ev", &spec).status, 201);
+    assert_eq!(put(&admin, "p", "other", &notes_search()).status, 201);
+    wait_ready(&admin, "p", "ev");
+    // Pages of 7 give every row once, in key order (NULL keys first).
+    let (_, rows) = read_all(&admin, "p", "ev", "", wr.seq);
+    assert_eq!(rows.len(), 53);
+    let keys: Vec<(String, Option<i64>, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["month"].as_str().unwrap().to_string(),
+                r["len"].as_i64(),
+                r["id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted);
+    let mut ids: Vec<i64> = keys.iter().map(|k| k.2).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 53);
+    // Typed filters on declared fields.
+    let r = get(
+        &admin,
+        "/v1/groups/p/projections/ev?month=2026-03&len.gte=100",
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    for row in r.body["rows"].as_array().unwrap() {
+        assert_eq!(row["month"], "2026-03");
+        assert!(row["len"].as_i64().unwrap() >= 100);
+    }
+    for (q, param) in [
+        ("title=t1", "title"),
+        ("nope.gte=1", "nope.gte"),
+        ("month.like=2026%25", "month.like"),
+        ("len=abc", "len"),
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=x", "limit"),
+        ("q=milk", "q"),
+        ("limit=1&limit=2", "limit"),
+    ] {
+        let r = get(&admin, &format!("/v1/groups/p/projections/ev?{q}"));
+        assert_eq!(r.status, 400, "{q}: {:?}", r.body);
+        assert_eq!(r.code(), Some("invalid_query"), "{q}");
+        assert_eq!(r.body["parameter"], param, "{q}: {:?}", r.body);
+    }
+    // A cursor is good for the read it came from only.
+    let first = get(&admin, "/v1/groups/p/projections/ev?limit=5");
+    let next = first.body["next"].as_str().unwrap().to_string();
+    let mut tampered = next.clone().into_bytes();
+    tampered[3] ^= 1;
+    let tampered = String::from_utf8(tampered).unwrap();
+    for (path, what) in [
+        (
+            format!("/v1/groups/p/projections/ev?limit=5&next={tampered}"),
+            "tampered",
+        ),
+        (
+            format!("/v1/groups/p/projections/ev?limit=5&month=2026-01&next={next}"),
+            "other filters",
+        ),
+        (
+            format!("/v1/groups/p/projections/other?q=milk&next={next}"),
+            "other projection",
+        ),
+        (
+            "/v1/groups/p/projections/ev?next=garbage".to_string(),
+            "garbage",
+        ),
+    ] {
+        let r = get(&admin, &path);
+        assert_eq!(r.status, 400, "{what}: {:?}", r.body);
+        assert_eq!(r.code(), Some("invalid_cursor"), "{what}");
+    }
+    // Read-your-writes: a seq not reached in time is 409 with where the projection is.
+    let r = get(
+        &admin,
+        &format!("/v1/groups/p/projections/ev?min_seq={}&wait=1", wr.seq + 5),
+    );
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert_eq!(r.code(), Some("projection_lagging"));
+    assert_eq!(r.body["seq"], wr.seq);
+    // A write then a read at its seq sees it.
+    let seq = wr.exec("INSERT INTO events VALUES (500, 'new', '2030-01-01', 1, 'ann')");
+    let r = get(
+        &admin,
+        &format!("/v1/groups/p/projections/ev?min_seq={seq}&month=2030-01"),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["rows"][0]["id"], 500);
+    assert_eq!(r.body["seq"], seq);
+    assert_eq!(get(&admin, "/v1/groups/p/projections/nope").status, 404);
+}
+
+fn projection_files(data: &std::path::Path, group: &str) -> Vec<PathBuf> {
+    let dir = data.join("projections").join(group);
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "db"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_mirror_that_diverges_stops_its_projections_and_a_redefinition_rebuilds() {
+    let data = temp_dir("diverge");
+    let mut w = WitnessProc::start(&data);
+    let admin = w.admin_client();
+    let mut wr = Writer::new(&admin, "d");
+    wr.exec("INSERT INTO events VALUES (1, 'a', '2026-11-01', 10, 'ann'); INSERT INTO events VALUES (2, 'b', '2026-11-02', 20, 'ann')");
+    assert_eq!(put(&admin, "d", "m", &by_month()).status, 201);
+    wait_ready(&admin, "d", "m");
+    let listen = w.url.trim_start_matches("http://").to_string();
+    w.stop();
+    // Someone edits the derived file behind the witness's back.
+    let file = projection_files(&data, "d").pop().expect("projection file");
+    let conn = Connection::open(&file).unwrap();
+    let triggers: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'trigger'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for t in &triggers {
+        conn.execute_batch(&format!("DROP TRIGGER \"{t}\""))
+            .unwrap();
+    }
+    conn.execute_batch("UPDATE events SET duration = 999 WHERE id = 2")
+        .unwrap();
+    drop(conn);
+    let w = WitnessProc::start_at(&data, &listen, &[], &[]);
+    let admin = w.admin_client();
+    wr.c = admin.clone();
+    // The next commit of that row does not reproduce the certified state there.
+    wr.exec("UPDATE events SET title = 'bb', duration = 21 WHERE id = 2");
+    let until = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let s = get(&admin, "/v1/groups/d/projections/m/status");
+        if s.body["state"] == "failed" {
+            break s.body;
+        }
+        assert!(Instant::now() < until, "not failed: {:?}", s.body);
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("certified state"),
+        "{status}"
+    );
+    let r = get(&admin, "/v1/groups/d/projections/m");
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert_eq!(r.code(), Some("projection_failed"));
+    // Commits go on regardless.
+    wr.exec("INSERT INTO events VALUES (3, 'c', '2026-12-01', 5, 'bob')");
+    // Redefining starts over from the history, and the result is right again.
+    let mut spec = by_month();
+    spec["where"] = json!("1 = 1");
+    assert_eq!(put(&admin, "d", "m", &spec).status, 201);
+    wait_ready(&admin, "d", "m");
+    let (_, rows) = read_all(&admin, "d", "m", "", wr.seq);
+    same_rows(rows, recompute(&wr.model, &spec), "rebuilt");
+    drop(w);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+#[test]
+fn a_failing_projection_stops_alone_and_commits_never_wait_for_it() {
+    let w = WitnessProc::start(&temp_dir("alone")).removing_data();
+    let admin = w.admin_client();
+    let mut wr = Writer::new(&admin, "a");
+    wr.exec("INSERT INTO events VALUES (1, 'a', '2026-11-01', 9223372036854775000, 'ann')");
+    assert_eq!(put(&admin, "a", "sums", &by_month()).status, 201);
+    assert_eq!(put(&admin, "a", "ev", &events_index()).status, 201);
+    wait_ready(&admin, "a", "sums");
+    wait_ready(&admin, "a", "ev");
+    // A sum past 64 bits: SQL's sum() fails, and so does the projection, alone.
+    wr.exec("INSERT INTO events VALUES (2, 'b', '2026-11-02', 1000, 'ann')");
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = get(&admin, "/v1/groups/a/projections/sums/status");
+        if s.body["state"] == "failed" {
+            assert!(
+                s.body["error"].as_str().unwrap().contains("64 bits"),
+                "{:?}",
+                s.body
+            );
+            break;
+        }
+        assert!(Instant::now() < until, "{:?}", s.body);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wr.exec("INSERT INTO events VALUES (3, 'c', '2026-12-02', 5, 'ann')");
+    let (_, rows) = read_all(&admin, "a", "ev", "", wr.seq);
+    same_rows(
+        rows,
+        recompute(&wr.model, &events_index()),
+        "the index goes on",
+    );
+    // A definition that cannot be built fails at once, and the group stays writable.
+    let r = put(&admin, "a", "sums2", &by_month());
+    assert_eq!(r.status, 201);
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = get(&admin, "/v1/groups/a/projections/sums2/status");
+        if s.body["state"] == "failed" {
+            break;
+        }
+        assert!(Instant::now() < until, "{:?}", s.body);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wr.exec("DELETE FROM events WHERE id = 1");
+}
+
+#[test]
+fn projections_survive_restart_compaction_and_restore() {
+    let data = temp_dir("restore");
+    let args = ["--snapshot-commits", "5", "--retain-snapshots", "1"];
+    let mut w = WitnessProc::start_with(&data, &args, &[]);
+    let admin = w.admin_client();
+    let mut wr = Writer::new(&admin, "c");
+    let mut rng = Rng(5);
+    for _ in 0..12 {
+        let s = random_statement(&mut rng);
+        wr.exec(&s);
+    }
+    define_all(&admin, "c");
+    for _ in 0..12 {
+        let s = random_statement(&mut rng);
+        wr.exec(&s);
+    }
+    check_all(&admin, &wr);
+    let listen = w.url.trim_start_matches("http://").to_string();
+    // Restart: the builder resumes from its file.
+    w.stop();
+    let mut w = WitnessProc::start_at(&data, &listen, &args, &[]);
+    wr.c = w.admin_client();
+    wr.exec("INSERT INTO events VALUES (99, 'after restart', '2026-11-30', 7, 'ann')");
+    check_all(&wr.c.clone(), &wr);
+    // The history is compacted by now; a lost projection file is rebuilt from the
+    // newest snapshot and the commits after it.
+    let pull = wr.c.pull("c", 0, 10);
+    assert_eq!(
+        pull.status, 410,
+        "the history should be compacted: {:?}",
+        pull.body
+    );
+    w.stop();
+    let _ = std::fs::remove_dir_all(data.join("projections"));
+    let mut w = WitnessProc::start_at(&data, &listen, &args, &[]);
+    wr.c = w.admin_client();
+    check_all(&wr.c.clone(), &wr);
+    // A backup restored elsewhere carries the definitions; projections are rebuilt.
+    let backup = temp_dir("restore-backup");
+    let out = std::process::Command::new(pdb_tests::witness::witness_bin())
+        .args(["backup", "--data"])
+        .arg(&data)
+        .arg(&backup)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    w.stop();
+    let restored = temp_dir("restore-into");
+    let out = std::process::Command::new(pdb_tests::witness::witness_bin())
+        .args(["restore", "--data"])
+        .arg(&restored)
+        .arg(&backup)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let w = WitnessProc::start_with(&restored, &args, &[]);
+    wr.c = w.admin_client();
+    check_all(&wr.c.clone(), &wr);
+    drop(w);
+    for d in [data, backup, restored] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

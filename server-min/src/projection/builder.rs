@@ -865,6 +865,13 @@ fn certified(replica: &Replica, pos: &Position, c: &StoredCommit) -> Result<Posi
         Ok(()) => {}
         Err(Refusal::Storage(e)) => return Err(Failure::Storage(sql_err(e))),
         Err(Refusal::Invalid(why)) => return Err(Failure::Apply(why)),
+        // SQLite reports a trigger's RAISE as a constraint conflict, without its
+        // message; the only RAISE in a projection's triggers is the sum overflow.
+        Err(Refusal::Conflict(rows)) if rows.iter().all(|r| r["reason"] == "constraint") => {
+            return Err(Failure::Apply(
+                "its triggers refused a row: an integer sum would pass 64 bits (where SQL's sum() fails too)".into(),
+            ))
+        }
         Err(Refusal::Conflict(rows)) => {
             return Err(Failure::Apply(format!(
                 "{} row(s) conflict: {}",

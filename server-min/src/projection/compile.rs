@@ -1,10 +1,10 @@
 //! The SQL of one projection version inside a group's projection file: its tables, the
 //! triggers on the mirror's table that keep them current, the statements that fill
 //! them from the mirror (backfill), and the recomputation tests compare them with.
-//! Every name is ours (`pdb_p_<name>_<version>...`) or a quoted catalog name; every
+//! Every name is ours (`pdb_p<version>_<name>...`) or a quoted catalog name; every
 //! literal comes from [`super::expr`]'s one writer.
 //!
-//! Layout, with `P` = `pdb_p_<name>_<version>`, `s*` the source key columns, `k*` the
+//! Layout, with `P` = `pdb_p<version>_<name>`, `s*` the source key columns, `k*` the
 //! key or group fields, `v*` the returned columns and `sc` the scope column:
 //! - index: `P(s*, k*, v*, sc)`, keyed by `s*`, indexed by `(k*, s*)`;
 //! - aggregate: `P(k*, sc, n, <accumulators>)` plus a value multiset `P_m<j>(k*, sc, v, c)`
@@ -39,9 +39,11 @@ pub struct Compiled {
     pub whole: Option<String>,
 }
 
-/// Name prefix of a version's objects.
+/// Name prefix of a version's objects. The version first: versions are unique in
+/// the witness, so `pdb_p<version>_` names the objects of one version and no other
+/// (with the name first, `a` version 1 and `a_1` version 2 would share a prefix).
 pub fn prefix(name: &str, version: u64) -> String {
-    format!("pdb_p_{name}_{version}")
+    format!("pdb_p{version}_{name}")
 }
 
 fn list(items: impl IntoIterator<Item = String>) -> String {

@@ -191,9 +191,43 @@ fn strings(v: &Json, field: &str) -> Result<Vec<String>, SpecError> {
         .collect()
 }
 
+/// An object of `name: expression` members, in the order written; or, for JSON
+/// writers that sort an object's members, a list of one-member objects.
 fn pairs(v: &Json, field: &str, min: usize) -> Result<Vec<(String, String)>, SpecError> {
-    let Json::Obj(members) = v else {
-        return Err(err(field, "must be an object of name: expression"));
+    let shape = || {
+        err(
+            field,
+            "must be an object of name: expression (or a list of one-member objects)",
+        )
+    };
+    let listed: Vec<(String, Json)>;
+    let members = match v {
+        Json::Obj(m) => m,
+        Json::Arr(items) => {
+            let mut out = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                match item {
+                    Json::Obj(m) if m.len() == 1 => {
+                        if out.iter().any(|(k, _): &(String, Json)| *k == m[0].0) {
+                            return Err(err(
+                                format!("{field}/{i}"),
+                                format!("\"{}\" appears twice", m[0].0),
+                            ));
+                        }
+                        out.push(m[0].clone());
+                    }
+                    _ => {
+                        return Err(err(
+                            format!("{field}/{i}"),
+                            "must be an object with one member",
+                        ))
+                    }
+                }
+            }
+            listed = out;
+            &listed
+        }
+        _ => return Err(shape()),
     };
     if members.len() < min || members.len() > MAX_FIELDS {
         return Err(err(
