@@ -49,7 +49,10 @@ fn check(t: &Target, data: &[u8]) {
             assert!(!tables.is_empty(), "accepted with no table: {ddl:?}");
             assert_eq!(hash, schema_hash(&tables));
             for table in &tables {
-                assert!(!table.name.to_ascii_lowercase().starts_with("pdb_"), "{ddl:?}");
+                assert!(
+                    !table.name.to_ascii_lowercase().starts_with("pdb_"),
+                    "{ddl:?}"
+                );
             }
         }
         Err(SchemaError::Invalid(why)) => assert!(!why.is_empty()),

@@ -34,7 +34,8 @@ fuzz_target!(|data: &[u8]| {
                 let mut stmt = db
                     .prepare(&format!("SELECT rowid FROM {table} WHERE {table} MATCH ?1"))
                     .expect("prepare");
-                let rows: Result<Vec<i64>, _> = stmt.query_map([&q], |r| r.get(0)).and_then(|r| r.collect());
+                let rows: Result<Vec<i64>, _> =
+                    stmt.query_map([&q], |r| r.get(0)).and_then(|r| r.collect());
                 assert!(rows.is_ok(), "{text:?} as {q:?} on {table}: {rows:?}");
             }
         });
@@ -48,11 +49,18 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let _ = Params::from_pairs(&pairs);
     let cursors = Cursors::new([3; 32]);
-    assert!(cursors.check("ctx", &text).is_err(), "a forged cursor was accepted: {text:?}");
+    assert!(
+        cursors.check("ctx", &text).is_err(),
+        "a forged cursor was accepted: {text:?}"
+    );
     let pos = Position {
         version: data.len() as u64,
         offset: data.first().copied().unwrap_or(0) as u64,
-        after: vec![Value::Text(data.to_vec()), Value::Integer(data.len() as i64), Value::Null],
+        after: vec![
+            Value::Text(data.to_vec()),
+            Value::Integer(data.len() as i64),
+            Value::Null,
+        ],
     };
     let token = cursors.issue("ctx", &pos);
     assert_eq!(cursors.check("ctx", &token).expect("an issued cursor"), pos);

@@ -26,9 +26,17 @@ const ROWS: &str = "INSERT INTO events VALUES (1, 'a', '2026-11-01', 10, 'ann'),
 /// Errors that say the SQL itself was wrong, not the data it met.
 fn sql_fault(e: &rusqlite::Error) -> bool {
     let m = e.to_string();
-    ["syntax error", "no such", "ambiguous", "wrong number of arguments", "misuse", "unrecognized token", "malformed"]
-        .iter()
-        .any(|s| m.contains(s))
+    [
+        "syntax error",
+        "no such",
+        "ambiguous",
+        "wrong number of arguments",
+        "misuse",
+        "unrecognized token",
+        "malformed",
+    ]
+    .iter()
+    .any(|s| m.contains(s))
 }
 
 fuzz_target!(|data: &[u8]| {
