@@ -561,6 +561,32 @@ impl Replica {
         copied.and(detached)
     }
 
+    /// Replaces the rows of every table with those of the replica file `src` (the
+    /// group's own, while its sequencer goes on), and takes over its position, read in
+    /// the same read transaction as the rows. The caller checks the state.
+    pub fn copy_replica(&self, src: &Path) -> rusqlite::Result<Position> {
+        self.conn
+            .execute("ATTACH ?1 AS pdb_src", [src.to_string_lossy()])?;
+        let copied = (|| {
+            self.begin()?;
+            let pos = read_position(&self.conn, "pdb_src")?;
+            for t in &self.tables {
+                let name = quote(&t.info.name);
+                self.conn.execute_batch(&format!(
+                    "DELETE FROM main.{name}; INSERT INTO main.{name} SELECT * FROM pdb_src.{name};"
+                ))?;
+            }
+            self.set_position(&pos)?;
+            self.commit()?;
+            Ok(pos)
+        })();
+        if copied.is_err() {
+            let _ = self.rollback();
+        }
+        let detached = self.conn.execute_batch("DETACH pdb_src");
+        copied.and_then(|pos| detached.map(|()| pos))
+    }
+
     /// The state vector recomputed from every row of the replica's tables.
     pub fn full_state(&self) -> Result<StateVector, pdb_core::Error> {
         let tables: Vec<TableInfo> = self.tables().cloned().collect();

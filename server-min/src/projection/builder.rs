@@ -237,6 +237,8 @@ pub struct Env {
     pub snapshots: Arc<Snapshots>,
     /// The witness's public key (certificates are rebuilt with it).
     pub witness_key: [u8; 32],
+    /// The group's replica file, which a new mirror is copied from.
+    pub replica: PathBuf,
     /// Called when the group has no definitions left: whether the builder may end
     /// (the service checks, under its own lock, that none was added meanwhile).
     pub may_end: Box<dyn Fn() -> bool + Send>,
@@ -464,11 +466,34 @@ impl Builder {
         } else {
             Replica::create(&path, &g.ddl, genesis(&g.name)).map_err(|e| e.to_string())?
         };
+        if !compacted && self.shared.group.head().seq > 0 {
+            self.seed_from_replica(&replica)?;
+        }
         replica
             .conn()
             .execute_batch(PROJECTION_SQL)
             .map_err(sql_err)?;
         Ok(self.adopt(replica, gen, others))
+    }
+
+    /// Starts a new mirror from a copy of the group's replica (much faster than
+    /// replaying the whole history), checked like a snapshot: its rows must hash to
+    /// the state the replica records, and its head must be the history's at that seq.
+    /// Copying records as they are keeps values bit for bit, as applying would.
+    fn seed_from_replica(&self, mirror: &Replica) -> Result<(), StepError> {
+        let g = &self.shared.group;
+        // The replica file holds what its sequencer has committed; commit the rest.
+        g.flush();
+        let pos = mirror.copy_replica(&self.env.replica).map_err(sql_err)?;
+        let state = mirror.full_state().map_err(|e| e.to_string())?;
+        let head = self.env.store.head_at(g.info.id, pos.seq).map_err(|e| e.to_string())?;
+        if state.digest() != pos.state.digest() || (pos.seq > 0 && head != Some(pos.head)) {
+            return Err(format!(
+                "the copy of group \"{}\"'s replica at seq {} does not hold its recorded state",
+                g.info.name, pos.seq
+            ));
+        }
+        Ok(())
     }
 
     /// Builds what is defined and not built, drops what is built and not defined.

@@ -147,6 +147,7 @@ impl Projections {
             store: self.store.clone(),
             snapshots: self.snapshots.clone(),
             witness_key: self.witness_key,
+            replica: crate::snapshot::replica_path(&self.data, &group.info.name),
             // Under the service's lock, so that a definition made meanwhile (which
             // takes the same lock) either finds this builder still running or starts
             // a new one after it is gone.
