@@ -129,24 +129,29 @@ async fn rows(
         let group = find(&app, &g)?;
         let params = Params::from_pairs(&pairs)?;
         let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        let min_seq = get("min_seq").map(|v| number("min_seq", Some(v), 0)).transpose()?;
+        let min_seq = get("min_seq")
+            .map(|v| number("min_seq", Some(v), 0))
+            .transpose()?;
         let wait = number("wait", get("wait"), DEFAULT_WAIT)?.min(MAX_WAIT);
         let w = app.witness.clone();
         if scoped {
-            // The scope compares rows with the claim the spec names, not always `sub`.
-            let (w, grp, n) = (w.clone(), group.clone(), name.clone());
-            let claim = blocking(move || w.projections().scope_claim(&grp, &n)).await?;
-            let h = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            // Which claim scopes the rows is the serving version's business (`read`).
+            let h = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
             let claims = app.auth.authenticate(h)?;
-            viewer.scope = match claim {
-                None => None,
-                Some(c) => Some(claims.claim(&c).ok_or_else(|| {
-                    Problem::new(
-                        Code::Forbidden,
-                        format!("projection \"{name}\" is scoped by claim \"{c}\", which the token does not have"),
-                    )
-                })?),
-            };
+            let mut text = std::collections::BTreeMap::new();
+            for k in claims.extra.keys().map(String::as_str).chain(["sub"]) {
+                if let Some(v) = claims.claim(k) {
+                    text.insert(k.to_string(), v);
+                }
+            }
+            viewer.claims = Some(text);
+        }
+        // A projection that does not exist is 404 at once, not after a `min_seq` wait.
+        {
+            let (w, grp, n) = (w.clone(), group.clone(), name.clone());
+            blocking(move || w.projections().status(&grp, &n)).await?;
         }
         if let Some(n) = min_seq {
             let mut reached = 0;

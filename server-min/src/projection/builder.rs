@@ -434,6 +434,11 @@ impl Builder {
     }
 
     fn adopt(&self, replica: Replica, gen: u64, others: &[u64]) -> Mirror {
+        // A replica keeps a small page cache (there is one per group); building an FTS5
+        // index or an aggregate of a large table wants more.
+        if let Err(e) = replica.conn().pragma_update(None, "cache_size", -8192) {
+            tracing::warn!(error = %e, "projection file: cache_size");
+        }
         *self
             .shared
             .generation
@@ -486,7 +491,11 @@ impl Builder {
         g.flush();
         let pos = mirror.copy_replica(&self.env.replica).map_err(sql_err)?;
         let state = mirror.full_state().map_err(|e| e.to_string())?;
-        let head = self.env.store.head_at(g.info.id, pos.seq).map_err(|e| e.to_string())?;
+        let head = self
+            .env
+            .store
+            .head_at(g.info.id, pos.seq)
+            .map_err(|e| e.to_string())?;
         if state.digest() != pos.state.digest() || (pos.seq > 0 && head != Some(pos.head)) {
             return Err(format!(
                 "the copy of group \"{}\"'s replica at seq {} does not hold its recorded state",

@@ -335,16 +335,6 @@ impl Projections {
             }
         })
     }
-
-    /// The scope claim a spec compares rows with, if it has one.
-    pub fn scope_claim(&self, group: &Group, name: &str) -> Result<Option<String>, Problem> {
-        let def = definitions::get(&self.store, group.info.id, name)
-            .map_err(unavailable)?
-            .ok_or_else(|| no_projection(&group.info.name, name))?;
-        Ok(Spec::from_json(def.spec.as_bytes())
-            .ok()
-            .and_then(|s| s.scope.map(|s| s.claim)))
-    }
 }
 
 impl Drop for Projections {

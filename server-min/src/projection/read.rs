@@ -36,12 +36,30 @@ const BUDGET: Duration = Duration::from_secs(2);
 const MARK_OPEN: char = '\u{E000}';
 const MARK_CLOSE: char = '\u{E001}';
 
-/// Who reads: a projection-only token sees the rows its scope claim allows.
+/// Who reads: a token granted only this projection sees the rows its scope selects.
 #[derive(Debug, Clone, Default)]
 pub struct Viewer {
-    /// The value rows' scope column must equal, when the token is projection-only and
-    /// the spec has a scope.
-    pub scope: Option<String>,
+    /// The token's claims as text (`sub` and the others), when it is projection-only;
+    /// `None` for a member with the read role, who sees every row.
+    pub claims: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl Viewer {
+    /// The value the scope column must equal for this reader of `plan`, from the
+    /// version that serves (not the newest definition, which may scope otherwise).
+    fn scope(&self, plan: &Plan) -> Result<Option<String>, Problem> {
+        let (Some(claims), Some((_, claim))) = (&self.claims, &plan.scope) else {
+            return Ok(None);
+        };
+        claims.get(claim).cloned().map(Some).ok_or_else(|| {
+            Problem::new(
+                Code::Forbidden,
+                format!(
+                    "the projection is scoped by claim \"{claim}\", which the token does not have"
+                ),
+            )
+        })
+    }
 }
 
 /// A read's parameters, as parsed from the query string (before the plan is known).
@@ -343,6 +361,10 @@ pub fn fts_query(q: &str) -> Result<String, Problem> {
     if q.len() > MAX_QUERY {
         return Err(bad("q", format!("q is longer than {MAX_QUERY} bytes")));
     }
+    // FTS5 ends a string at NUL and then reports it unterminated.
+    if q.contains('\0') {
+        return Err(bad("q", "q holds a NUL character"));
+    }
     let mut parts = Vec::new();
     for word in q.split_whitespace() {
         let stem = word.trim_end_matches('*');
@@ -457,10 +479,13 @@ fn rows(
     };
     let p = prefix(&serving.name, serving.version);
     let t = &plan.table;
-    let scope = match (&plan.scope, &viewer.scope) {
-        (Some(_), Some(v)) => Some(Value::Text(v.as_bytes().to_vec())),
-        _ => None,
+    let scope_value = match viewer.scope(plan) {
+        Ok(v) => v,
+        Err(p) => return Ok(Err(p)),
     };
+    let scope = scope_value
+        .as_ref()
+        .map(|v| Value::Text(v.as_bytes().to_vec()));
     // What the cursor is for: the same read, by the same scope.
     let mut context = format!("{group}\0{}\0{}\0", serving.name, serving.version);
     for (k, v) in &params.filters {
@@ -470,7 +495,7 @@ fn rows(
         context,
         "q={}\0scope={}",
         params.q.as_deref().unwrap_or(""),
-        viewer.scope.as_deref().unwrap_or("")
+        scope_value.as_deref().unwrap_or("")
     );
     let resume = match params
         .next
