@@ -2650,3 +2650,22 @@ fn known_bug_a_redefinition_does_not_unscope_the_version_that_still_serves() {
         "ann must read only her rows of v1 while it serves: {seen:?}"
     );
 }
+
+/// KNOWN SERVER BUG (fails until fixed): a read of a projection that does not exist,
+/// with a `min_seq` the group's projections have not reached, waits out `wait` (10 s
+/// unless given, up to 60) and answers 409 `projection_lagging`, which tells a client
+/// to retry, instead of 404 `not_found` as the same read without `min_seq` answers:
+/// `rows` in server-min/src/http/projections.rs waits for `min_seq` before
+/// `Projections::read` looks the projection up.
+#[test]
+fn known_bug_min_seq_on_a_projection_that_does_not_exist_is_not_found() {
+    let scratch = Scratch::new("lagging");
+    let s = Scoped::start(&scratch);
+    let reader = s.w.token("rita", DOCS_GROUP, "read", 3600);
+    check(&s.get(&reader, "nope", ""), MISSING, "without min_seq");
+    check(
+        &s.get(&reader, "nope", "min_seq=1000&wait=0"),
+        MISSING,
+        "with a min_seq ahead",
+    );
+}
