@@ -7,6 +7,13 @@
 //! that a token learns nothing about a group it has no role on: the answers are byte for
 //! byte those for a group that does not exist, and no answer to such a token ever holds
 //! that group's name, DDL, heads, schema hash or changesets.
+//!
+//! A second matrix does the same for the projection routes (issue 13), adding the
+//! projection-only grants `project:<name>`: such a token reads that projection's rows
+//! and is refused everything else of its group, without learning which other
+//! projections exist. A scoped projection shows it only the rows whose scope column
+//! equals its claim, whatever filters, limits and cursors it sends. The tests named
+//! `known_bug_*` fail until the witness bugs they describe are fixed.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -16,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use pdb_client::cert::{hex, parse_hash};
-use pdb_tests::witness::{changeset_of, record, witness_bin, Client, WitnessProc};
+use pdb_tests::witness::{changeset_of, record, witness_bin, Client, Commit, WitnessProc};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------
@@ -27,6 +34,8 @@ struct Group {
     name: &'static str,
     ddl: &'static str,
     table: &'static str,
+    /// Its text column.
+    column: &'static str,
     /// A value only this group's rows hold.
     value: &'static str,
 }
@@ -35,6 +44,7 @@ const ALPHA: Group = Group {
     name: "alpha-notes",
     ddl: "CREATE TABLE notes_alpha(id INTEGER PRIMARY KEY, body TEXT NOT NULL)",
     table: "notes_alpha",
+    column: "body",
     value: "kumquat-alpha-only",
 };
 
@@ -42,6 +52,7 @@ const BRAVO: Group = Group {
     name: "bravo-ledger",
     ddl: "CREATE TABLE ledger_bravo(id INTEGER PRIMARY KEY, secret TEXT NOT NULL)",
     table: "ledger_bravo",
+    column: "secret",
     value: "tangerine-bravo-only",
 };
 
@@ -90,6 +101,16 @@ enum Endpoint {
     Pull,
     /// `GET /v1/groups/{g}/watch?after=0` (read; server-sent events).
     Watch,
+    /// `GET /v1/groups/{g}/snapshots/latest` (read).
+    SnapshotLatest,
+    /// `GET /v1/groups/{g}/snapshots?at=1` (read).
+    SnapshotAt,
+    /// `POST /v1/groups/{g}/snapshots` (admin).
+    PostSnapshot,
+    /// `GET /v1/groups/{g}/certificates?key=<its first commit's key>` (read).
+    Certificate,
+    /// `GET /v1/objects/{hash}` of alpha's snapshot (read on a group holding it).
+    Object,
 }
 
 /// In the order of the matrix's columns.
@@ -108,6 +129,10 @@ enum Want {
     Json(u16),
     /// 200 with a `text/event-stream` whose first event is a commit.
     Stream,
+    /// This 2xx status with an empty body.
+    Empty(u16),
+    /// 200 with a body of bytes that is not a problem (a snapshot object).
+    Bytes,
     /// An `application/problem+json` with this status and `code`.
     Problem(u16, &'static str),
 }
@@ -115,6 +140,8 @@ enum Want {
 const OK: Want = Want::Json(200);
 const CREATED: Want = Want::Json(201);
 const SSE: Want = Want::Stream;
+const GONE: Want = Want::Empty(204);
+const OBJECT: Want = Want::Bytes;
 const UNAUTH: Want = Want::Problem(401, "unauthorized");
 const FORBID: Want = Want::Problem(403, "forbidden");
 const MISSING: Want = Want::Problem(404, "not_found");
@@ -177,18 +204,47 @@ enum Tok {
     ReadStar,
     /// `write` on `*`.
     WriteStar,
+    /// `admin` on `*`. Only in the projection matrix: in the group matrix its `PUT` would
+    /// create `charlie-void`.
+    AdminStar,
+    /// `project:listing` on alpha, from the CLI.
+    ProjectAlpha,
+    /// `project:other` on alpha: another projection of the same group.
+    ProjectAlphaOther,
+    /// `["project:listing", "project:other"]` on alpha.
+    ProjectAlphaBoth,
+    /// `project:listing` on bravo: the other group's projection-only token.
+    ProjectBravo,
+    /// `project:listing` on `*`.
+    ProjectStar,
+    /// `project:listing` on alpha and `read` on bravo.
+    ProjectAlphaReadBravo,
+    /// `project:listing` on alpha and `admin` on `*`: a group's own entry wins over `*`.
+    ProjectAlphaAdminStar,
+    /// `project:listing` on alpha, correctly signed, expired an hour ago.
+    ProjectExpired,
+    /// `project:listing` on alpha, signed with another secret.
+    ProjectBadSignature,
+    /// A real `project:listing` token on alpha whose claims were rewritten to admin.
+    ProjectTampered,
+    /// Correctly signed, `project:` with no projection name.
+    ProjectNoName,
+    /// Correctly signed, `["project:listing", "read"]`: a list holds projection grants only.
+    ProjectListWithRole,
 }
 
-/// One row of the matrix: a token and its expected answers on each group.
-struct Row {
+/// One row of a matrix: a token and its expected answers on each group, a cell per
+/// endpoint.
+#[derive(Clone, Copy)]
+struct Row<const N: usize> {
     tok: Tok,
-    alpha: [Want; 5],
-    bravo: [Want; 5],
-    charlie: [Want; 5],
+    alpha: [Want; N],
+    bravo: [Want; N],
+    charlie: [Want; N],
 }
 
-impl Row {
-    fn cells(&self, t: Target) -> &[Want; 5] {
+impl<const N: usize> Row<N> {
+    fn cells(&self, t: Target) -> &[Want; N] {
         match t {
             Target::Alpha => &self.alpha,
             Target::Bravo => &self.bravo,
@@ -196,17 +252,18 @@ impl Row {
         }
     }
 
-    /// Whether this token may learn anything about the group `t`.
+    /// Whether this token may learn anything about the group `t`: it is neither
+    /// refused as invalid nor forbidden everywhere.
     fn sees(&self, t: Target) -> bool {
         let c = self.cells(t);
-        *c != NO_AUTH && *c != NO_ROLE
+        *c != [UNAUTH; N] && *c != [FORBID; N]
     }
 }
 
 /// The matrix. Star-admin is tested on its own witness: its `PUT` on `charlie-void`
 /// would create it.
 #[rustfmt::skip]
-const MATRIX: &[Row] = &[
+const MATRIX: &[Row<5>] = &[
     Row { tok: Tok::Absent, alpha: NO_AUTH, bravo: NO_AUTH, charlie: NO_AUTH },
     Row { tok: Tok::NotBearer, alpha: NO_AUTH, bravo: NO_AUTH, charlie: NO_AUTH },
     Row { tok: Tok::EmptyBearer, alpha: NO_AUTH, bravo: NO_AUTH, charlie: NO_AUTH },
@@ -343,6 +400,12 @@ fn claims_of(token: &str) -> Value {
     serde_json::from_slice(&bytes).expect("JSON claims")
 }
 
+/// The HS256 secret a witness made on its first start.
+fn jwt_secret(w: &WitnessProc) -> [u8; 32] {
+    let text = std::fs::read_to_string(w.data.join("jwt.secret")).expect("jwt.secret");
+    parse_hash(text.trim()).expect("jwt.secret is 64 hex digits")
+}
+
 fn now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -454,6 +517,18 @@ struct Req {
     path: String,
     headers: Vec<(&'static str, String)>,
     body: Option<Vec<u8>>,
+}
+
+impl Req {
+    /// `PUT path` with `body` as JSON.
+    fn put_json(path: String, body: &Value) -> Req {
+        Req {
+            method: reqwest::Method::PUT,
+            path,
+            headers: vec![("Content-Type", "application/json".into())],
+            body: Some(body.to_string().into_bytes()),
+        }
+    }
 }
 
 /// An answer, with everything that could tell groups apart.
@@ -570,6 +645,19 @@ fn check(resp: &Resp, want: Want, ctx: &str) {
                 "{ctx}: first event {text:?}"
             );
         }
+        Want::Empty(status) => {
+            assert_eq!(resp.status, status, "{ctx}: {}", resp.text());
+            assert!(resp.body.is_empty(), "{ctx}: {}", resp.text());
+        }
+        Want::Bytes => {
+            assert_eq!(resp.status, 200, "{ctx}: {}", resp.text());
+            assert!(
+                !resp.content_type.contains("problem") && !resp.body.is_empty(),
+                "{ctx}: {} {}",
+                resp.content_type,
+                resp.text()
+            );
+        }
         Want::Problem(status, code) => {
             assert_eq!(resp.status, status, "{ctx}: {}", resp.text());
             assert_eq!(
@@ -601,6 +689,8 @@ struct Fixture {
     http: reqwest::blocking::Client,
     /// Row ids (and idempotency keys), unique across the test.
     next: AtomicU64,
+    /// The path of alpha's snapshot object, once a test made one.
+    object: std::sync::OnceLock<String>,
 }
 
 impl Fixture {
@@ -613,6 +703,7 @@ impl Fixture {
             admin,
             http: http(),
             next: AtomicU64::new(1),
+            object: std::sync::OnceLock::new(),
         };
         for g in [&ALPHA, &BRAVO] {
             let r = fx.admin.create_group(g.name, g.ddl);
@@ -671,16 +762,29 @@ impl Fixture {
             body: None,
         };
         match ep {
-            Endpoint::PutGroup => Req {
-                method: reqwest::Method::PUT,
-                path: format!("/v1/groups/{name}"),
-                headers: vec![("Content-Type", "application/json".into())],
-                body: Some(json!({"ddl": t.shape().ddl}).to_string().into_bytes()),
-            },
+            Endpoint::PutGroup => {
+                Req::put_json(format!("/v1/groups/{name}"), &json!({"ddl": t.shape().ddl}))
+            }
             Endpoint::GetGroup => get(format!("/v1/groups/{name}")),
             Endpoint::PostCommit => self.commit_request(t.shape(), name),
             Endpoint::Pull => get(format!("/v1/groups/{name}/commits?after=0")),
             Endpoint::Watch => get(format!("/v1/groups/{name}/watch?after=0")),
+            Endpoint::SnapshotLatest => get(format!("/v1/groups/{name}/snapshots/latest")),
+            Endpoint::SnapshotAt => get(format!("/v1/groups/{name}/snapshots?at=1")),
+            Endpoint::PostSnapshot => Req {
+                method: reqwest::Method::POST,
+                ..get(format!("/v1/groups/{name}/snapshots"))
+            },
+            // Each group's setup commit took the key its first row id made.
+            Endpoint::Certificate => get(format!(
+                "/v1/groups/{name}/certificates?key=key-{}",
+                if t == Target::Alpha { 1 } else { 2 }
+            )),
+            Endpoint::Object => get(self
+                .object
+                .get()
+                .expect("alpha's snapshot was made")
+                .clone()),
         }
     }
 
@@ -707,6 +811,46 @@ impl Fixture {
         s
     }
 
+    /// Checks that no answer of `answers` (what was asked, whether its token may see
+    /// alpha and bravo, the answer) holds anything of a group its token may not see.
+    fn assert_nothing_leaks<'a>(
+        &self,
+        answers: impl Iterator<Item = (String, [bool; 2], &'a Resp)>,
+    ) {
+        let secrets = [self.secrets(&ALPHA), self.secrets(&BRAVO)];
+        for (what, sees, resp) in answers {
+            let text = resp.text();
+            for (i, g) in [&ALPHA, &BRAVO].into_iter().enumerate() {
+                if sees[i] {
+                    continue;
+                }
+                for s in &secrets[i] {
+                    assert!(
+                        !text.contains(s.as_str()),
+                        "{what} leaks {s:?} of {}: {text}",
+                        g.name
+                    );
+                }
+            }
+        }
+    }
+
+    /// Checks that charlie-void still does not exist (one more `not_found`), and that
+    /// `/metrics` counted exactly these refusals and that one.
+    fn assert_absent_and_counted(&self, unauthorized: u64, forbidden: u64, not_found: u64) {
+        let r = self.admin.info(CHARLIE);
+        assert_eq!(
+            (r.status, r.code()),
+            (404, Some("not_found")),
+            "{:?}",
+            r.body
+        );
+        let count = |code: &str| self.metric(&format!("pdb_rejections_total{{code=\"{code}\"}}"));
+        assert_eq!(count("unauthorized"), unauthorized);
+        assert_eq!(count("forbidden"), forbidden);
+        assert_eq!(count("not_found"), not_found + 1);
+    }
+
     /// A counter of `/metrics`.
     fn metric(&self, line_prefix: &str) -> u64 {
         let r = send(&self.http, &self.w.url, &get_req("/metrics"), None);
@@ -730,6 +874,33 @@ fn get_req(path: &str) -> Req {
     }
 }
 
+/// A token for `role` on alpha, from the CLI, signed HS256 with another secret.
+fn foreign_signed(sub: &str, role: &str) -> String {
+    cli(&[
+        "token",
+        "--jwt-secret",
+        "not-the-witness-secret",
+        "--sub",
+        sub,
+        "--group",
+        ALPHA.name,
+        "--role",
+        role,
+    ])
+}
+
+/// A real token for `role` on alpha whose `groups` claim was rewritten to `groups`,
+/// the signature kept.
+fn tampered(fx: &Fixture, role: &str, groups: Value) -> String {
+    let real = fx.w.token("mallory", ALPHA.name, role, 3600);
+    let mut parts: Vec<String> = real.split('.').map(str::to_string).collect();
+    let mut claims = claims_of(&real);
+    assert_eq!(claims["groups"], json!({(ALPHA.name): role}));
+    claims["groups"] = groups;
+    parts[1] = b64url(claims.to_string().as_bytes());
+    parts.join(".")
+}
+
 /// The `Authorization` header each kind of token sends to the HS256 witness.
 fn authorization(tok: Tok, fx: &Fixture, secret: &[u8], ed_key: &Path) -> Option<String> {
     let later = now_s() + 3600;
@@ -749,25 +920,8 @@ fn authorization(tok: Tok, fx: &Fixture, secret: &[u8], ed_key: &Path) -> Option
                 b64url(claims.to_string().as_bytes())
             ))
         }
-        Tok::BadSignature => bearer(cli(&[
-            "token",
-            "--jwt-secret",
-            "not-the-witness-secret",
-            "--sub",
-            "mallory",
-            "--group",
-            ALPHA.name,
-            "--role",
-            "admin",
-        ])),
-        Tok::Tampered => {
-            let real = fx.w.token("mallory", ALPHA.name, "read", 3600);
-            let mut parts: Vec<String> = real.split('.').map(str::to_string).collect();
-            let mut claims = claims_of(&real);
-            claims["groups"] = json!({"*": "admin"});
-            parts[1] = b64url(claims.to_string().as_bytes());
-            bearer(parts.join("."))
-        }
+        Tok::BadSignature => bearer(foreign_signed("mallory", "admin")),
+        Tok::Tampered => bearer(tampered(fx, "read", json!({"*": "admin"}))),
         Tok::WrongAlgorithm => bearer(ed_token(ed_key, "mallory", ALPHA.name, "admin", 3600)),
         Tok::Expired => bearer(signed(
             json!({"sub": "alice", "exp": now_s() - 3600, "groups": {"*": "admin"}}),
@@ -793,6 +947,45 @@ fn authorization(tok: Tok, fx: &Fixture, secret: &[u8], ed_key: &Path) -> Option
         }))),
         Tok::ReadStar => bearer(fx.w.token("dave", "*", "read", 3600)),
         Tok::WriteStar => bearer(fx.w.token("dave", "*", "write", 3600)),
+        Tok::AdminStar => bearer(fx.w.token("root", "*", "admin", 3600)),
+        Tok::ProjectAlpha => bearer(fx.w.token("pat", ALPHA.name, "project:listing", 3600)),
+        Tok::ProjectAlphaOther => bearer(fx.w.token("pat", ALPHA.name, "project:other", 3600)),
+        Tok::ProjectAlphaBoth => bearer(signed(json!({
+            "sub": "pat",
+            "exp": later,
+            "groups": {(ALPHA.name): ["project:listing", "project:other"]},
+        }))),
+        Tok::ProjectBravo => bearer(fx.w.token("pat", BRAVO.name, "project:listing", 3600)),
+        Tok::ProjectStar => bearer(fx.w.token("pat", "*", "project:listing", 3600)),
+        Tok::ProjectAlphaReadBravo => bearer(signed(json!({
+            "sub": "pat",
+            "exp": later,
+            "groups": {(ALPHA.name): "project:listing", (BRAVO.name): "read"},
+        }))),
+        Tok::ProjectAlphaAdminStar => bearer(signed(json!({
+            "sub": "pat",
+            "exp": later,
+            "groups": {(ALPHA.name): "project:listing", "*": "admin"},
+        }))),
+        Tok::ProjectExpired => bearer(signed(json!({
+            "sub": "pat",
+            "exp": now_s() - 3600,
+            "groups": {(ALPHA.name): "project:listing"},
+        }))),
+        Tok::ProjectBadSignature => bearer(foreign_signed("pat", "project:listing")),
+        Tok::ProjectTampered => bearer(tampered(
+            fx,
+            "project:listing",
+            json!({(ALPHA.name): "admin"}),
+        )),
+        Tok::ProjectNoName => bearer(signed(
+            json!({"sub": "pat", "exp": later, "groups": {(ALPHA.name): "project:"}}),
+        )),
+        Tok::ProjectListWithRole => bearer(signed(json!({
+            "sub": "pat",
+            "exp": later,
+            "groups": {(ALPHA.name): ["project:listing", "read"]},
+        }))),
     }
 }
 
@@ -841,8 +1034,7 @@ fn check_payload(resp: &Resp, ep: Endpoint, t: Target, ctx: &str) {
 fn every_endpoint_and_token_kind_gets_its_status_and_learns_nothing_of_other_groups() {
     let scratch = Scratch::new("hs256");
     let fx = Fixture::start(&scratch, &[], None);
-    let secret = std::fs::read_to_string(fx.w.data.join("jwt.secret")).expect("jwt.secret");
-    let secret = parse_hash(secret.trim()).expect("jwt.secret is 64 hex digits");
+    let secret = jwt_secret(&fx.w);
     let ed_key = scratch.0.join("ed.key");
     keygen(&ed_key);
 
@@ -858,7 +1050,7 @@ fn every_endpoint_and_token_kind_gets_its_status_and_learns_nothing_of_other_gro
     );
     check(&r, OK, "crafted HS256 token");
 
-    let mut answers: Vec<(&Row, Endpoint, Target, Resp)> = Vec::new();
+    let mut answers: Vec<(&Row<5>, Endpoint, Target, Resp)> = Vec::new();
     let (mut unauthorized, mut forbidden, mut not_found) = (0, 0, 0);
     let mut created = [0usize; 3];
     for row in MATRIX {
@@ -914,24 +1106,14 @@ fn every_endpoint_and_token_kind_gets_its_status_and_learns_nothing_of_other_gro
     assert!(compared[0] > 0 && compared[1] > 0, "{compared:?}");
 
     // No answer to a token without a role on a group holds anything of that group.
-    for (t, g) in [(Target::Alpha, &ALPHA), (Target::Bravo, &BRAVO)] {
-        let secrets = fx.secrets(g);
-        for (row, ep, target, resp) in &answers {
-            if row.sees(t) {
-                continue;
-            }
-            let text = resp.text();
-            for s in &secrets {
-                assert!(
-                    !text.contains(s.as_str()),
-                    "{:?} {ep:?} on {} leaks {s:?} of {}: {text}",
-                    row.tok,
-                    target.name(),
-                    g.name
-                );
-            }
-        }
-    }
+    fx.assert_nothing_leaks(answers.iter().map(|(row, ep, t, resp)| {
+        let what = format!("{:?} {ep:?} on {}", row.tok, t.name());
+        (
+            what,
+            [row.sees(Target::Alpha), row.sees(Target::Bravo)],
+            resp,
+        )
+    }));
     // Nor does the unauthenticated /metrics name any group.
     let metrics = send(&fx.http, &fx.w.url, &get_req("/metrics"), None).text();
     for name in [ALPHA.name, BRAVO.name, CHARLIE] {
@@ -943,25 +1125,7 @@ fn every_endpoint_and_token_kind_gets_its_status_and_learns_nothing_of_other_gro
     assert_eq!(fx.admin.history(ALPHA.name).len(), 1 + created[0]);
     assert_eq!(fx.admin.history(BRAVO.name).len(), 1 + created[1]);
     assert_eq!(created[2], 0);
-    let r = fx.admin.info(CHARLIE);
-    assert_eq!(
-        (r.status, r.code()),
-        (404, Some("not_found")),
-        "{:?}",
-        r.body
-    );
-    assert_eq!(
-        fx.metric("pdb_rejections_total{code=\"unauthorized\"}"),
-        unauthorized
-    );
-    assert_eq!(
-        fx.metric("pdb_rejections_total{code=\"forbidden\"}"),
-        forbidden
-    );
-    assert_eq!(
-        fx.metric("pdb_rejections_total{code=\"not_found\"}"),
-        not_found + 1
-    );
+    fx.assert_absent_and_counted(unauthorized, forbidden, not_found);
 
     // Idempotency keys are per group: a key bravo used tells alpha's writer nothing (a
     // new commit, not bravo's certificate nor an idempotency conflict).
@@ -998,12 +1162,7 @@ fn a_star_admin_token_works_on_every_group() {
     let star = Fixture::bearer(&w.token("root", "*", "admin", 3600));
     let names = ["echo-one", "foxtrot-two"];
     for name in names {
-        let put = Req {
-            method: reqwest::Method::PUT,
-            path: format!("/v1/groups/{name}"),
-            headers: vec![("Content-Type", "application/json".into())],
-            body: Some(json!({"ddl": ALPHA.ddl}).to_string().into_bytes()),
-        };
+        let put = Req::put_json(format!("/v1/groups/{name}"), &json!({"ddl": ALPHA.ddl}));
         check(&send(&http, &w.url, &put, Some(&star)), CREATED, name);
         check(&send(&http, &w.url, &put, Some(&star)), OK, name);
         let client = Client::new(&w.url, w.admin.as_deref());
@@ -1168,8 +1327,7 @@ fn ed25519_mode_accepts_eddsa_tokens_by_role_and_refuses_everything_else() {
 fn the_jwt_leeway_is_how_long_past_exp_a_token_still_works() {
     // A token expired `ago` seconds ago, with read on alpha, signed by `w`'s secret.
     let expired = |w: &WitnessProc, ago: u64| {
-        let secret = std::fs::read_to_string(w.data.join("jwt.secret")).expect("jwt.secret");
-        let secret = parse_hash(secret.trim()).expect("jwt.secret is 64 hex digits");
+        let secret = jwt_secret(w);
         hs256_jwt(
             &hs256_header(),
             &json!({"sub": "late", "exp": now_s() - ago, "groups": {(ALPHA.name): "read"}}),
@@ -1196,5 +1354,1318 @@ fn the_jwt_leeway_is_how_long_past_exp_a_token_still_works() {
         &send(&expired(&w, 60)),
         UNAUTH,
         "60 s past exp, 30 s leeway",
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Projections (issue 13): the same matrix over the projection routes, with the grants
+// `project:<name>` that read one projection's rows and nothing else of a group.
+
+/// The projection of each group that projection-only tokens are granted.
+const LISTING: &str = "listing";
+/// A second projection of each group, granted to other projection-only tokens.
+const OTHER: &str = "other";
+/// Deleted by every cell that may delete, and put back after each.
+const DOOMED: &str = "doomed";
+/// Never defined in any group.
+const NOPE: &str = "nope";
+
+impl Group {
+    /// The spec of projection `name` over this group's table.
+    fn spec(&self, name: &str) -> Value {
+        let (t, c) = (self.table, self.column);
+        match name {
+            LISTING => json!({"kind": "index", "table": t, "key": {"n": "id"}, "columns": [c]}),
+            OTHER => json!({"kind": "aggregate", "table": t,
+                            "group_by": {"len": format!("length({c})")},
+                            "measures": {"n": "count(*)"}}),
+            _ => json!({"kind": "index", "table": t, "key": {"v": c}, "columns": ["id"]}),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProjEndpoint {
+    /// `PUT .../projections/listing` with the spec it has (admin): 200, unchanged.
+    Put,
+    /// `DELETE .../projections/doomed` (admin).
+    Delete,
+    /// `DELETE .../projections/nope` (admin).
+    DeleteAbsent,
+    /// `GET .../projections` (read).
+    List,
+    /// `GET .../projections/listing/status` (read).
+    Status,
+    /// `GET .../projections/nope/status` (read).
+    StatusAbsent,
+    /// `GET .../projections/listing` (read, or `project:listing`).
+    Rows,
+    /// `GET .../projections/other` (read, or `project:other`).
+    RowsOther,
+    /// `GET .../projections/nope` (read).
+    RowsAbsent,
+}
+
+/// In the order of the projection matrix's columns.
+const PROJ_ENDPOINTS: [ProjEndpoint; 9] = [
+    ProjEndpoint::Put,
+    ProjEndpoint::Delete,
+    ProjEndpoint::DeleteAbsent,
+    ProjEndpoint::List,
+    ProjEndpoint::Status,
+    ProjEndpoint::StatusAbsent,
+    ProjEndpoint::Rows,
+    ProjEndpoint::RowsOther,
+    ProjEndpoint::RowsAbsent,
+];
+
+// Rows of a group's nine cells: PUT, DELETE, DELETE absent, list, status, status absent,
+// rows, rows of other, rows absent.
+/// An invalid token: 401 everywhere.
+const P_NO_AUTH: [Want; 9] = [UNAUTH; 9];
+/// A valid token with no grant on the group: 403 everywhere, whether the group or the
+/// projection exists.
+const P_NO_ROLE: [Want; 9] = [FORBID; 9];
+/// `read` (and `write`, which adds nothing here): everything but declaring.
+#[rustfmt::skip]
+const P_READ: [Want; 9] = [FORBID, FORBID, FORBID, OK, OK, MISSING, OK, OK, MISSING];
+#[rustfmt::skip]
+const P_ADMIN: [Want; 9] = [OK, GONE, MISSING, OK, OK, MISSING, OK, OK, MISSING];
+/// `project:listing`: those rows and nothing else, not even whether another projection
+/// exists (`other` and `nope` answer alike).
+#[rustfmt::skip]
+const P_LISTING: [Want; 9] = [FORBID, FORBID, FORBID, FORBID, FORBID, FORBID, OK, FORBID, FORBID];
+#[rustfmt::skip]
+const P_OTHER: [Want; 9] = [FORBID, FORBID, FORBID, FORBID, FORBID, FORBID, FORBID, OK, FORBID];
+#[rustfmt::skip]
+const P_BOTH: [Want; 9] = [FORBID, FORBID, FORBID, FORBID, FORBID, FORBID, OK, OK, FORBID];
+/// `read` or `write` on every group, asked about one that does not exist: the role
+/// check comes first (declaring is forbidden), then the group is not found.
+#[rustfmt::skip]
+const P_READ_ABSENT: [Want; 9] =
+    [FORBID, FORBID, FORBID, MISSING, MISSING, MISSING, MISSING, MISSING, MISSING];
+/// `admin` on every group, asked about one that does not exist: not found, and not
+/// created by a projection's `PUT`.
+const P_ADMIN_ABSENT: [Want; 9] = [MISSING; 9];
+/// `project:listing` on every group, asked about one that does not exist.
+#[rustfmt::skip]
+const P_LISTING_ABSENT: [Want; 9] =
+    [FORBID, FORBID, FORBID, FORBID, FORBID, FORBID, MISSING, FORBID, FORBID];
+
+/// One row of the projection matrix.
+type ProjRow = Row<9>;
+
+/// The rows of the projection matrix beyond the group matrix's invalid tokens, which
+/// [`proj_matrix`] adds.
+#[rustfmt::skip]
+const PROJ_ROWS: &[ProjRow] = &[
+    Row { tok: Tok::ProjectExpired, alpha: P_NO_AUTH, bravo: P_NO_AUTH, charlie: P_NO_AUTH },
+    Row { tok: Tok::ProjectBadSignature, alpha: P_NO_AUTH, bravo: P_NO_AUTH, charlie: P_NO_AUTH },
+    Row { tok: Tok::ProjectTampered, alpha: P_NO_AUTH, bravo: P_NO_AUTH, charlie: P_NO_AUTH },
+    Row { tok: Tok::ProjectNoName, alpha: P_NO_AUTH, bravo: P_NO_AUTH, charlie: P_NO_AUTH },
+    Row { tok: Tok::ProjectListWithRole, alpha: P_NO_AUTH, bravo: P_NO_AUTH, charlie: P_NO_AUTH },
+    Row { tok: Tok::ReadAlpha, alpha: P_READ, bravo: P_NO_ROLE, charlie: P_NO_ROLE },
+    Row { tok: Tok::WriteAlpha, alpha: P_READ, bravo: P_NO_ROLE, charlie: P_NO_ROLE },
+    Row { tok: Tok::AdminAlpha, alpha: P_ADMIN, bravo: P_NO_ROLE, charlie: P_NO_ROLE },
+    Row { tok: Tok::AdminBravo, alpha: P_NO_ROLE, bravo: P_ADMIN, charlie: P_NO_ROLE },
+    Row { tok: Tok::ReadBravo, alpha: P_NO_ROLE, bravo: P_READ, charlie: P_NO_ROLE },
+    Row { tok: Tok::WriteAlphaReadBravo, alpha: P_READ, bravo: P_READ, charlie: P_NO_ROLE },
+    Row { tok: Tok::ReadStar, alpha: P_READ, bravo: P_READ, charlie: P_READ_ABSENT },
+    Row { tok: Tok::WriteStar, alpha: P_READ, bravo: P_READ, charlie: P_READ_ABSENT },
+    Row { tok: Tok::AdminStar, alpha: P_ADMIN, bravo: P_ADMIN, charlie: P_ADMIN_ABSENT },
+    Row { tok: Tok::ProjectAlpha, alpha: P_LISTING, bravo: P_NO_ROLE, charlie: P_NO_ROLE },
+    Row { tok: Tok::ProjectAlphaOther, alpha: P_OTHER, bravo: P_NO_ROLE, charlie: P_NO_ROLE },
+    Row { tok: Tok::ProjectAlphaBoth, alpha: P_BOTH, bravo: P_NO_ROLE, charlie: P_NO_ROLE },
+    Row { tok: Tok::ProjectBravo, alpha: P_NO_ROLE, bravo: P_LISTING, charlie: P_NO_ROLE },
+    Row { tok: Tok::ProjectStar, alpha: P_LISTING, bravo: P_LISTING, charlie: P_LISTING_ABSENT },
+    Row { tok: Tok::ProjectAlphaReadBravo, alpha: P_LISTING, bravo: P_READ, charlie: P_NO_ROLE },
+    Row { tok: Tok::ProjectAlphaAdminStar, alpha: P_LISTING, bravo: P_ADMIN, charlie: P_ADMIN_ABSENT },
+];
+
+/// The projection matrix: every invalid kind of token of the group matrix (401
+/// everywhere), then [`PROJ_ROWS`].
+fn proj_matrix() -> Vec<ProjRow> {
+    MATRIX
+        .iter()
+        .filter(|r| r.alpha == NO_AUTH)
+        .map(|r| Row {
+            tok: r.tok,
+            alpha: P_NO_AUTH,
+            bravo: P_NO_AUTH,
+            charlie: P_NO_AUTH,
+        })
+        .chain(PROJ_ROWS.iter().copied())
+        .collect()
+}
+
+impl Fixture {
+    /// A witness with alpha and bravo as in [`Fixture::start`], each with the
+    /// projections `listing`, `other` and `doomed` (the first two ready to read), and a
+    /// snapshot of alpha whose object `Endpoint::Object` asks for.
+    fn with_projections(scratch: &Scratch) -> Fixture {
+        let fx = Fixture::start(scratch, &[], None);
+        for g in [&ALPHA, &BRAVO] {
+            for name in [LISTING, OTHER, DOOMED] {
+                let r = fx.define(g.name, g, name);
+                check(&r, CREATED, &format!("define {name} in {}", g.name));
+            }
+            for name in [LISTING, OTHER] {
+                fx.wait_ready(g.name, name);
+            }
+        }
+        let r = fx.admin.snapshot_make(ALPHA.name);
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        let object = r.body["object"].as_str().expect("object").to_string();
+        fx.object.set(object).expect("set once");
+        fx
+    }
+
+    /// `PUT` of projection `name` of `shape` into group `group`, as the admin.
+    fn define(&self, group: &str, shape: &Group, name: &str) -> Resp {
+        let req = Req::put_json(
+            format!("/v1/groups/{group}/projections/{name}"),
+            &shape.spec(name),
+        );
+        self.send(&req, self.admin.token.as_deref())
+    }
+
+    /// Waits until projection `name` of `group` serves reads.
+    fn wait_ready(&self, group: &str, name: &str) {
+        let req = get_req(&format!("/v1/groups/{group}/projections/{name}/status"));
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = self.send(&req, self.admin.token.as_deref());
+            check(&r, OK, "status");
+            let s = r.json();
+            match s["state"].as_str() {
+                Some("ready") => return,
+                Some("building") => {}
+                _ => panic!("{name} of {group}: {s}"),
+            }
+            assert!(std::time::Instant::now() < until, "{name} not ready: {s}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn proj_request(&self, ep: ProjEndpoint, t: Target) -> Req {
+        let base = format!("/v1/groups/{}/projections", t.name());
+        let delete = |name: &str| Req {
+            method: reqwest::Method::DELETE,
+            ..get_req(&format!("{base}/{name}"))
+        };
+        match ep {
+            ProjEndpoint::Put => {
+                Req::put_json(format!("{base}/{LISTING}"), &t.shape().spec(LISTING))
+            }
+            ProjEndpoint::Delete => delete(DOOMED),
+            ProjEndpoint::DeleteAbsent => delete(NOPE),
+            ProjEndpoint::List => get_req(&base),
+            ProjEndpoint::Status => get_req(&format!("{base}/{LISTING}/status")),
+            ProjEndpoint::StatusAbsent => get_req(&format!("{base}/{NOPE}/status")),
+            ProjEndpoint::Rows => get_req(&format!("{base}/{LISTING}")),
+            ProjEndpoint::RowsOther => get_req(&format!("{base}/{OTHER}")),
+            ProjEndpoint::RowsAbsent => get_req(&format!("{base}/{NOPE}")),
+        }
+    }
+}
+
+/// Checks that an accepted projection answer is about `t`'s projection only.
+fn check_proj_payload(resp: &Resp, ep: ProjEndpoint, t: Target, ctx: &str) {
+    let g = t.shape();
+    if ep == ProjEndpoint::Delete {
+        return;
+    }
+    let body = resp.json();
+    match ep {
+        ProjEndpoint::Put | ProjEndpoint::Status => {
+            assert_eq!(body["name"], LISTING, "{ctx}: {body}");
+            assert_eq!(body["spec"], g.spec(LISTING), "{ctx}: {body}");
+        }
+        ProjEndpoint::List => {
+            assert_eq!(body["group"], t.name(), "{ctx}: {body}");
+            let names: Vec<&str> = body["projections"]
+                .as_array()
+                .expect("projections")
+                .iter()
+                .map(|p| p["name"].as_str().expect("name"))
+                .collect();
+            assert_eq!(names, [DOOMED, LISTING, OTHER], "{ctx}");
+        }
+        ProjEndpoint::Rows => {
+            assert_eq!(body["projection"], LISTING, "{ctx}: {body}");
+            let rows = body["rows"].as_array().expect("rows");
+            assert!(!rows.is_empty(), "{ctx}");
+            for r in rows {
+                let v = r[g.column].as_str().expect("the text column");
+                assert!(v.starts_with(g.value), "{ctx}: {r}");
+            }
+        }
+        ProjEndpoint::RowsOther => {
+            assert_eq!(body["projection"], OTHER, "{ctx}: {body}");
+            let rows = body["rows"].as_array().expect("rows");
+            assert!(!rows.is_empty() && rows.iter().all(|r| r["n"].as_u64() > Some(0)));
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_projection_route_and_token_kind_gets_its_status_and_learns_nothing_of_other_groups() {
+    let scratch = Scratch::new("projections");
+    let fx = Fixture::with_projections(&scratch);
+    let secret = jwt_secret(&fx.w);
+    let ed_key = scratch.0.join("ed.key");
+    keygen(&ed_key);
+
+    let matrix = proj_matrix();
+    let mut answers: Vec<(&ProjRow, ProjEndpoint, Target, Resp)> = Vec::new();
+    let (mut unauthorized, mut forbidden, mut not_found) = (0, 0, 0);
+    for row in &matrix {
+        let auth = authorization(row.tok, &fx, &secret, &ed_key);
+        for (col, &ep) in PROJ_ENDPOINTS.iter().enumerate() {
+            for &t in &TARGETS {
+                let want = row.cells(t)[col];
+                let ctx = format!("{:?} {ep:?} on {}", row.tok, t.name());
+                let resp = send(
+                    &fx.http,
+                    &fx.w.url,
+                    &fx.proj_request(ep, t),
+                    auth.as_deref(),
+                );
+                check(&resp, want, &ctx);
+                match want {
+                    Want::Json(_) => check_proj_payload(&resp, ep, t, &ctx),
+                    // Put back for the next row: every DELETE is of a projection that
+                    // exists, so the refusals above were refusals of a real one.
+                    GONE => check(&fx.define(t.name(), t.shape(), DOOMED), CREATED, &ctx),
+                    UNAUTH => unauthorized += 1,
+                    FORBID => forbidden += 1,
+                    MISSING => not_found += 1,
+                    _ => {}
+                }
+                answers.push((row, ep, t, resp));
+            }
+        }
+    }
+    let answer = |row: &ProjRow, ep: ProjEndpoint, t: Target| {
+        &answers
+            .iter()
+            .find(|(r, e, tt, _)| r.tok == row.tok && *e == ep && *tt == t)
+            .expect("answered")
+            .3
+    };
+
+    // A token's answers about a group it has no grant on are exactly its answers about
+    // a group that does not exist, and are the same on every route: neither the group
+    // nor any of its projections is revealed.
+    let mut compared = [0usize; 2];
+    for (row, ep, t, resp) in &answers {
+        if row.sees(*t) {
+            continue;
+        }
+        compared[usize::from(resp.status == 403)] += 1;
+        assert_eq!(
+            resp,
+            answer(row, *ep, Target::Charlie),
+            "{:?} {ep:?}: {} and {CHARLIE} must answer alike",
+            row.tok,
+            t.name()
+        );
+        assert_eq!(
+            resp,
+            answer(row, ProjEndpoint::Rows, *t),
+            "{:?} on {}: {ep:?} and Rows must answer alike",
+            row.tok,
+            t.name()
+        );
+    }
+    assert!(compared[0] > 0 && compared[1] > 0, "{compared:?}");
+    // Within a group a token does see, every refusal of one token is the same answer: a
+    // projection-only token cannot tell `other` (defined) from `nope` (never), nor a
+    // read token the DELETE of a projection that exists from one that does not.
+    for (row, ep, t, resp) in &answers {
+        if resp.status != 403 {
+            continue;
+        }
+        for other in PROJ_ENDPOINTS {
+            let a = answer(row, other, *t);
+            if a.status == 403 {
+                assert_eq!(
+                    resp,
+                    a,
+                    "{:?} on {}: {ep:?} and {other:?}",
+                    row.tok,
+                    t.name()
+                );
+            }
+        }
+    }
+
+    // No answer to a token without a grant on a group holds anything of that group.
+    fx.assert_nothing_leaks(answers.iter().map(|(row, ep, t, resp)| {
+        let what = format!("{:?} {ep:?} on {}", row.tok, t.name());
+        (
+            what,
+            [row.sees(Target::Alpha), row.sees(Target::Bravo)],
+            resp,
+        )
+    }));
+
+    // Each refusal was counted as one, and a star admin's PUT of a projection into
+    // charlie-void did not create the group.
+    fx.assert_absent_and_counted(unauthorized, forbidden, not_found);
+
+    // Authorisation comes before the spec is looked at: a spec that names a table the
+    // group lacks is invalid for its admin, and forbidden to everyone else, in the same
+    // words as a valid spec, so a spec's refusal never probes a group's schema.
+    let bogus = |group: &str, body: &[u8]| Req {
+        body: Some(body.to_vec()),
+        ..Req::put_json(
+            format!("/v1/groups/{group}/projections/fresh"),
+            &Value::Null,
+        )
+    };
+    let no_table =
+        json!({"kind": "index", "table": "no_such_table", "key": {"n": "id"}, "columns": ["id"]})
+            .to_string();
+    let auth = |tok| authorization(tok, &fx, &secret, &ed_key);
+    let put = |tok, group: &str, body: &[u8]| {
+        send(
+            &fx.http,
+            &fx.w.url,
+            &bogus(group, body),
+            auth(tok).as_deref(),
+        )
+    };
+    check(
+        &put(Tok::AdminAlpha, ALPHA.name, no_table.as_bytes()),
+        Want::Problem(422, "invalid_projection"),
+        "admin, a spec for another schema",
+    );
+    check(
+        &put(Tok::AdminAlpha, ALPHA.name, b"{not json"),
+        Want::Problem(422, "invalid_projection"),
+        "admin, not JSON",
+    );
+    for tok in [Tok::ReadAlpha, Tok::WriteAlpha, Tok::ProjectAlpha] {
+        let valid = send(
+            &fx.http,
+            &fx.w.url,
+            &fx.proj_request(ProjEndpoint::Put, Target::Alpha),
+            auth(tok).as_deref(),
+        );
+        for body in [no_table.as_bytes(), b"{not json"] {
+            let r = put(tok, ALPHA.name, body);
+            check(&r, FORBID, &format!("{tok:?}, a bad spec"));
+            assert_eq!(r, valid, "{tok:?}");
+        }
+    }
+    for tok in [Tok::AdminBravo, Tok::ProjectBravo] {
+        let absent = put(tok, CHARLIE, no_table.as_bytes());
+        check(&absent, FORBID, &format!("{tok:?} on {CHARLIE}"));
+        assert_eq!(put(tok, ALPHA.name, no_table.as_bytes()), absent, "{tok:?}");
+    }
+    // A name outside [a-z][a-z0-9_]{0,62} is refused to the admin only.
+    let bad_name = Req {
+        path: format!("/v1/groups/{}/projections/Not-A-Name", ALPHA.name),
+        ..bogus(ALPHA.name, ALPHA.spec(LISTING).to_string().as_bytes())
+    };
+    let r = send(
+        &fx.http,
+        &fx.w.url,
+        &bad_name,
+        auth(Tok::AdminAlpha).as_deref(),
+    );
+    check(&r, Want::Problem(400, "bad_request"), "a bad name");
+    let r = send(
+        &fx.http,
+        &fx.w.url,
+        &bad_name,
+        auth(Tok::ReadAlpha).as_deref(),
+    );
+    check(&r, FORBID, "a bad name, read");
+    // A new name is created (201), the same spec again changes nothing (200, the same
+    // version), another spec is a new version (201).
+    let fresh = |spec: &Value| put(Tok::AdminStar, ALPHA.name, spec.to_string().as_bytes());
+    let first = fresh(&ALPHA.spec(LISTING));
+    check(&first, CREATED, "fresh");
+    let again = fresh(&ALPHA.spec(LISTING));
+    check(&again, OK, "fresh again");
+    assert_eq!(again.json()["version"], first.json()["version"]);
+    let redefined = fresh(&ALPHA.spec(DOOMED));
+    check(&redefined, CREATED, "fresh redefined");
+    assert!(redefined.json()["version"].as_u64() > first.json()["version"].as_u64());
+}
+
+#[test]
+fn a_projection_only_token_reaches_nothing_else_of_its_group() {
+    let scratch = Scratch::new("project-only");
+    let fx = Fixture::with_projections(&scratch);
+    let secret = jwt_secret(&fx.w);
+    let ed_key = scratch.0.join("ed.key");
+    keygen(&ed_key);
+
+    // Every route of the group that is not a projection read, in the order of the rows.
+    const ROUTES: [Endpoint; 10] = [
+        Endpoint::PutGroup,
+        Endpoint::GetGroup,
+        Endpoint::PostCommit,
+        Endpoint::Pull,
+        Endpoint::Watch,
+        Endpoint::SnapshotLatest,
+        Endpoint::SnapshotAt,
+        Endpoint::PostSnapshot,
+        Endpoint::Certificate,
+        Endpoint::Object,
+    ];
+    // The read and write tokens show that each request is one the group answers; the
+    // projection-only ones, with or without other grants elsewhere, are refused each.
+    #[rustfmt::skip]
+    let rows: [(Tok, [Want; 10]); 6] = [
+        (Tok::ReadAlpha, [FORBID, OK, FORBID, OK, SSE, OK, OK, FORBID, OK, OBJECT]),
+        (Tok::WriteAlpha, [FORBID, OK, CREATED, OK, SSE, OK, OK, FORBID, OK, OBJECT]),
+        (Tok::ProjectAlpha, [FORBID; 10]),
+        (Tok::ProjectAlphaBoth, [FORBID; 10]),
+        (Tok::ProjectStar, [FORBID; 10]),
+        (Tok::ProjectAlphaAdminStar, [FORBID; 10]),
+    ];
+    let commits_before = fx.admin.history(ALPHA.name).len();
+    let latest_before = fx.admin.snapshot_latest(ALPHA.name).body;
+    let mut created = 0;
+    for (tok, wants) in &rows {
+        let auth = authorization(*tok, &fx, &secret, &ed_key);
+        for (ep, want) in ROUTES.iter().zip(wants) {
+            let ctx = format!("{tok:?} {ep:?} on {}", ALPHA.name);
+            let resp = send(
+                &fx.http,
+                &fx.w.url,
+                &fx.request(*ep, Target::Alpha),
+                auth.as_deref(),
+            );
+            check(&resp, *want, &ctx);
+            if matches!(want, Want::Json(_) | Want::Stream) {
+                check_payload(&resp, *ep, Target::Alpha, &ctx);
+            }
+            if *want == CREATED {
+                created += 1;
+            }
+            if *want == FORBID && !matches!(tok, Tok::ReadAlpha | Tok::WriteAlpha) {
+                // Said in the words of a grant, not a role, and naming nothing of the
+                // group beyond what the token already names.
+                let text = resp.text();
+                for s in &fx.secrets(&ALPHA) {
+                    assert!(!text.contains(s.as_str()), "{ctx} leaks {s:?}: {text}");
+                }
+            }
+        }
+        // The projection it was granted is what it can read.
+        let r = send(
+            &fx.http,
+            &fx.w.url,
+            &fx.proj_request(ProjEndpoint::Rows, Target::Alpha),
+            auth.as_deref(),
+        );
+        check(&r, OK, &format!("{tok:?} rows"));
+        check_proj_payload(&r, ProjEndpoint::Rows, Target::Alpha, &format!("{tok:?}"));
+    }
+    // Nothing the projection-only tokens sent took effect: only the writer's commit is
+    // new, and the latest snapshot is the one made before.
+    assert_eq!(fx.admin.history(ALPHA.name).len(), commits_before + created);
+    assert_eq!(created, 1);
+    assert_eq!(fx.admin.snapshot_latest(ALPHA.name).body, latest_before);
+}
+
+// ---------------------------------------------------------------------------------------
+// Scoped projections: a projection-only token sees the rows whose scope column equals
+// its claim, whatever it sends; a read token sees them all.
+
+const DOCS_GROUP: &str = "scoped-docs";
+const DOCS_DDL: &str =
+    "CREATE TABLE docs(id INTEGER PRIMARY KEY, owner TEXT, team TEXT, title TEXT NOT NULL, n INTEGER)";
+
+/// A row of `docs`.
+struct Doc {
+    id: i64,
+    owner: Option<&'static str>,
+    team: &'static str,
+    title: &'static str,
+}
+
+/// Rows of two owners, ann and bob, sharing titles, and a few whose owner is only
+/// nearly ann (case, a trailing space, an injection) or none at all.
+fn docs() -> Vec<Doc> {
+    const TITLES: [&str; 7] = [
+        "alpha note",
+        "beta note",
+        "gamma",
+        "x' OR '1'='1",
+        "delta%00",
+        "epsilon",
+        "alpha",
+    ];
+    const ODD: [Option<&str>; 5] = [
+        None,
+        Some(""),
+        Some("ANN"),
+        Some("ann "),
+        Some("ann' OR '1'='1"),
+    ];
+    (1..=60)
+        .map(|id: i64| Doc {
+            id,
+            owner: match id % 5 {
+                0 | 1 => Some("ann"),
+                2 | 3 => Some("bob"),
+                _ => ODD[(id / 5) as usize % ODD.len()],
+            },
+            team: if id % 3 == 0 { "blue" } else { "red" },
+            title: TITLES[id as usize % TITLES.len()],
+        })
+        .collect()
+}
+
+fn sql_text(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `n`: small integers, some NULL, so that integer filters and sums have work.
+fn doc_n(id: i64) -> Option<i64> {
+    (id % 13 != 0).then_some(id * 3 % 11)
+}
+
+fn scoped_specs() -> [(&'static str, Value); 4] {
+    let by_sub = json!({"column": "owner", "claim": "sub"});
+    [
+        (
+            "mine",
+            json!({"kind": "index", "table": "docs", "key": {"t": "title", "m": "n"},
+                   "columns": ["id", "owner", "n"], "scope": by_sub}),
+        ),
+        (
+            "tally",
+            json!({"kind": "aggregate", "table": "docs", "group_by": {"t": "title"},
+                   "measures": {"c": "count(*)", "total": "sum(n)"}, "scope": by_sub}),
+        ),
+        (
+            "find",
+            json!({"kind": "search", "table": "docs", "columns": ["title"], "scope": by_sub}),
+        ),
+        (
+            "byteam",
+            json!({"kind": "index", "table": "docs", "key": {"t": "title"},
+                   "columns": ["id", "team"], "scope": {"column": "team", "claim": "team"}}),
+        ),
+    ]
+}
+
+/// Creates `group` with `ddl` and commits the rows `sql` inserts, as the admin.
+fn seed(admin: &Client, group: &str, ddl: &str, sql: &str) {
+    assert_eq!(admin.create_group(group, ddl).status, 201);
+    let ((seq, head), schema) = admin.head(group);
+    let changeset = record(ddl, "", sql);
+    let r = admin.commit(
+        group,
+        &Commit {
+            changeset: &changeset,
+            base_seq: seq,
+            base_head: head,
+            key: "seed",
+            schema,
+            policy: None,
+        },
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+}
+
+/// `PUT` of projection `name` as the admin; its version, once defined anew (201).
+fn put_projection(admin: &Client, group: &str, name: &str, spec: &Value) -> u64 {
+    let r = admin
+        .send(
+            "PUT",
+            &format!("/v1/groups/{group}/projections/{name}"),
+            &[],
+            Some(spec.to_string().into_bytes()),
+        )
+        .expect("witness reachable");
+    assert_eq!(r.status, 201, "{name}: {:?}", r.body);
+    r.body["version"].as_u64().expect("version")
+}
+
+/// The status of projection `name` once its `version` is no longer building.
+fn settled(admin: &Client, group: &str, name: &str, version: u64) -> Value {
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = admin
+            .send(
+                "GET",
+                &format!("/v1/groups/{group}/projections/{name}/status"),
+                &[],
+                None,
+            )
+            .expect("witness reachable");
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        if r.body["version"] == version && r.body["state"] != "building" {
+            return r.body;
+        }
+        assert!(std::time::Instant::now() < until, "{:?}", r.body);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A witness with `scoped-docs` holding [`docs`] and its four scoped projections ready.
+struct Scoped {
+    w: WitnessProc,
+    http: reqwest::blocking::Client,
+    secret: Vec<u8>,
+}
+
+impl Scoped {
+    fn start(scratch: &Scratch) -> Scoped {
+        let w = WitnessProc::start(&scratch.0.join("data"));
+        let secret = jwt_secret(&w).to_vec();
+        let s = Scoped {
+            w,
+            http: http(),
+            secret,
+        };
+        let admin = Client::new(&s.w.url, s.w.admin.as_deref());
+        let mut sql = String::new();
+        for d in docs() {
+            sql.push_str(&format!(
+                "INSERT INTO docs VALUES ({}, {}, '{}', {}, {});",
+                d.id,
+                d.owner.map_or("NULL".into(), sql_text),
+                d.team,
+                sql_text(d.title),
+                doc_n(d.id).map_or("NULL".into(), |n| n.to_string())
+            ));
+        }
+        seed(&admin, DOCS_GROUP, DOCS_DDL, &sql);
+        let versions: Vec<(&str, u64)> = scoped_specs()
+            .iter()
+            .map(|(name, spec)| (*name, put_projection(&admin, DOCS_GROUP, name, spec)))
+            .collect();
+        for (name, version) in versions {
+            let s = settled(&admin, DOCS_GROUP, name, version);
+            assert_eq!(s["state"], "ready", "{s}");
+        }
+        s
+    }
+
+    /// A token signed by the witness's secret with these claims (an hour to live, and
+    /// `sub` unless `claims` sets it).
+    fn token(&self, claims: Value) -> String {
+        let mut c = json!({"sub": "nobody", "exp": now_s() + 3600});
+        for (k, v) in claims.as_object().expect("claims object") {
+            c[k] = v.clone();
+        }
+        hs256_jwt(&hs256_header(), &c, &self.secret)
+    }
+
+    /// A projection-only token granting every scoped projection, with these claims.
+    fn project_token(&self, claims: Value) -> String {
+        let mut c = claims;
+        c["groups"] = json!({DOCS_GROUP: ["project:mine", "project:tally", "project:find", "project:byteam"]});
+        self.token(c)
+    }
+
+    fn get(&self, token: &str, name: &str, query: &str) -> Resp {
+        let path = format!("/v1/groups/{DOCS_GROUP}/projections/{name}?{query}");
+        send(
+            &self.http,
+            &self.w.url,
+            &get_req(&path),
+            Some(&Fixture::bearer(token)),
+        )
+    }
+
+    /// Every page of a read of `name` with `query`, following `next`: the rows, or the
+    /// status and problem code of the first refusal.
+    fn pages(&self, token: &str, name: &str, query: &str) -> Result<Vec<Value>, (u16, String)> {
+        let mut rows = Vec::new();
+        let mut next: Option<String> = None;
+        for _ in 0..200 {
+            let q = match &next {
+                Some(n) if query.is_empty() => format!("next={n}"),
+                Some(n) => format!("{query}&next={n}"),
+                None => query.to_string(),
+            };
+            let r = self.get(token, name, &q);
+            if r.status != 200 {
+                assert_eq!(
+                    r.content_type,
+                    "application/problem+json",
+                    "{name}?{q}: {} {}",
+                    r.status,
+                    r.text()
+                );
+                let code = r.json()["code"].as_str().expect("code").to_string();
+                return Err((r.status, code));
+            }
+            let body = r.json();
+            assert_eq!(body["projection"], name, "{body}");
+            rows.extend(body["rows"].as_array().expect("rows").iter().cloned());
+            match body["next"].as_str() {
+                Some(n) => next = Some(n.to_string()),
+                None => return Ok(rows),
+            }
+        }
+        panic!("{name}?{query}: more than 200 pages");
+    }
+}
+
+/// Query strings: `fixed` as written, then `built` (long ones).
+fn queries(fixed: &[&str], built: impl IntoIterator<Item = String>) -> Vec<String> {
+    fixed.iter().map(|q| q.to_string()).chain(built).collect()
+}
+
+impl Scoped {
+    /// Reads `name` with each of `queries` as `reader` and as each of `scoped` (who,
+    /// token), and checks [`same_but_scoped`] with `theirs(who, row)` telling their rows:
+    /// how many rows the scoped tokens were shown, and how many of their reads refused.
+    fn scoped_like_reader(
+        &self,
+        reader: &str,
+        scoped: &[(&str, &str)],
+        name: &str,
+        queries: &[String],
+        theirs: impl Fn(&str, &Value) -> bool,
+    ) -> (usize, usize) {
+        let (mut shown, mut refused) = (0, 0);
+        for q in queries {
+            let r = self.pages(reader, name, q);
+            for (who, token) in scoped {
+                let ctx = format!("{who} {name}?{}", &q[..q.len().min(80)]);
+                let got = self.pages(token, name, q);
+                refused += usize::from(got.is_err());
+                shown += same_but_scoped(&got, &r, |v| theirs(who, v), &ctx);
+            }
+        }
+        (shown, refused)
+    }
+}
+
+/// Rows as a sorted list of their JSON texts, to compare as multisets.
+fn multiset(rows: &[Value]) -> Vec<String> {
+    let mut v: Vec<String> = rows.iter().map(Value::to_string).collect();
+    v.sort();
+    v
+}
+
+/// Checks that `scoped` read `name?query` as exactly the rows `reader` read that `mine`
+/// keeps, or was refused as the reader was: the scope removes rows, never adds or
+/// changes one, and never decides whether a request is valid.
+fn same_but_scoped(
+    scoped: &Result<Vec<Value>, (u16, String)>,
+    reader: &Result<Vec<Value>, (u16, String)>,
+    mine: impl Fn(&Value) -> bool,
+    ctx: &str,
+) -> usize {
+    match (scoped, reader) {
+        (Ok(s), Ok(r)) => {
+            let kept: Vec<Value> = r.iter().filter(|v| mine(v)).cloned().collect();
+            assert_eq!(multiset(s), multiset(&kept), "{ctx}");
+            s.len()
+        }
+        (Err(s), Err(r)) => {
+            assert_eq!(s, r, "{ctx}");
+            assert_eq!(s.0, 400, "{ctx}: {s:?}");
+            0
+        }
+        _ => panic!("{ctx}: scoped {scoped:?}, reader {reader:?}"),
+    }
+}
+
+#[test]
+fn a_scoped_projection_shows_a_projection_only_token_its_own_rows_whatever_it_sends() {
+    let scratch = Scratch::new("scoped");
+    let s = Scoped::start(&scratch);
+    let all = docs();
+    let ids_of = |owner: &str| -> Vec<i64> {
+        all.iter()
+            .filter(|d| d.owner == Some(owner))
+            .map(|d| d.id)
+            .collect()
+    };
+    let (ann_ids, bob_ids) = (ids_of("ann"), ids_of("bob"));
+    assert!(ann_ids.len() >= 20 && bob_ids.len() >= 20);
+
+    // A read token sees every row, whatever its own sub; the CLI's project:mine token
+    // for ann sees exactly ann's.
+    let reader = s.w.token("ann", DOCS_GROUP, "read", 3600);
+    let ann_cli = s.w.token("ann", DOCS_GROUP, "project:mine", 3600);
+    let ann = s.project_token(json!({"sub": "ann"}));
+    let bob = s.project_token(json!({"sub": "bob"}));
+    let ids = |rows: &[Value]| -> Vec<i64> {
+        let mut v: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().expect("id")).collect();
+        v.sort_unstable();
+        v
+    };
+    let everything = s.pages(&reader, "mine", "limit=7").expect("reader reads");
+    assert_eq!(ids(&everything), (1..=60).collect::<Vec<_>>());
+    for token in [&ann_cli, &ann] {
+        let rows = s.pages(token, "mine", "limit=7").expect("ann reads");
+        assert_eq!(ids(&rows), ann_ids);
+        assert!(rows.iter().all(|r| r["owner"] == "ann"), "{rows:?}");
+    }
+    assert_eq!(ids(&s.pages(&bob, "mine", "").expect("bob reads")), bob_ids);
+    // ann's CLI token names one projection: the others are refused to it.
+    for name in ["tally", "find", "byteam"] {
+        check(&s.get(&ann_cli, name, "q=alpha"), FORBID, name);
+    }
+
+    // Whatever filters, limits and cursors ann and bob send, each answer is a refusal
+    // the reader gets too, or the reader's rows of that read that are theirs.
+    let long = |c: &str, n: usize| c.repeat(n);
+    let index_queries = queries(
+        &[
+            "",
+            "limit=1",
+            "limit=1000",
+            "t=alpha",
+            "t=alpha%20note",
+            "t=x%27%20OR%20%271%27%3D%271",
+            "t=x%27%20OR%20%271%27%3D%271%27--",
+            "t=%27%20OR%201%3D1%20--",
+            "t=%00",
+            "t=delta%00",
+            "t=delta%2500",
+            "t.gt=a&t.lt=c",
+            "t.gte=&limit=3",
+            "m=3",
+            "m.gt=2&m.lt=9&limit=2",
+            "m=1%20OR%201%3D1",
+            "m=3.5",
+            "m=99999999999999999999",
+            "m.gte=-9223372036854775808",
+            "t=alpha&t=beta",
+            "t=alpha&t.eq=alpha",
+            "t%2Egt=b",
+            "%74=alpha",
+            "owner=bob",
+            "owner.eq=bob",
+            "sc=bob",
+            "id=1",
+            "sub=bob",
+            "scope=bob",
+            "t.neq=alpha",
+            "t.like=%25",
+            "T=alpha",
+            "limit=0",
+            "limit=-1",
+            "limit=1001",
+            "limit=1e2",
+            "limit=1&limit=2",
+            "next=",
+            "next=garbage",
+            "next=AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAA",
+            "q=alpha",
+            "min_seq=abc",
+            "min_seq=1&wait=0",
+        ],
+        [
+            format!("t={}", long("a", 5000)),
+            format!("t={}", long("%27", 3000)),
+            format!("t.gt={}&limit=5", long("z", 20_000)),
+            format!("m={}", long("9", 5000)),
+        ],
+    );
+    let by_owner = |who: &str, row: &Value| row["owner"] == who;
+    let (answered, refused) = s.scoped_like_reader(
+        &reader,
+        &[("ann", &ann), ("bob", &bob)],
+        "mine",
+        &index_queries,
+        by_owner,
+    );
+    assert!(answered > 0 && refused > 0, "{answered} {refused}");
+    // The filters that should narrow do.
+    let x = s
+        .pages(&ann, "mine", "t=x%27%20OR%20%271%27%3D%271")
+        .expect("x");
+    let want: Vec<i64> = all
+        .iter()
+        .filter(|d| d.owner == Some("ann") && d.title == "x' OR '1'='1")
+        .map(|d| d.id)
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(ids(&x), want);
+
+    // The scoped aggregate is grouped by owner too: ann's rows are her counts only; the
+    // reader's hold a row per (title, owner).
+    let tally = s.pages(&ann, "tally", "").expect("tally");
+    for row in &tally {
+        let t = row["t"].as_str().expect("t");
+        let n = all
+            .iter()
+            .filter(|d| d.owner == Some("ann") && d.title == t)
+            .count();
+        assert_eq!(row["owner"], "ann", "{row}");
+        assert_eq!(row["c"].as_u64(), Some(n as u64), "{row}");
+    }
+    let titles: std::collections::BTreeSet<&str> = all
+        .iter()
+        .filter(|d| d.owner == Some("ann"))
+        .map(|d| d.title)
+        .collect();
+    assert_eq!(tally.len(), titles.len());
+    let every = s.pages(&reader, "tally", "").expect("reader tally");
+    let pairs: std::collections::BTreeSet<(&str, Option<&str>)> =
+        all.iter().map(|d| (d.title, d.owner)).collect();
+    assert_eq!(every.len(), pairs.len());
+    let tally_queries = queries(
+        &[
+            "",
+            "limit=2",
+            "t=alpha",
+            "t=x%27%20OR%20%271%27%3D%271",
+            "t.gt=b",
+            "t=%00",
+            "owner=bob",
+            "sc=bob",
+            "c=1",
+            "q=alpha",
+            "next=garbage",
+        ],
+        [format!("t={}", long("b", 5000))],
+    );
+    s.scoped_like_reader(
+        &reader,
+        &[("ann", &ann), ("bob", &bob)],
+        "tally",
+        &tally_queries,
+        by_owner,
+    );
+
+    // Search: hostile text is searched for literally or refused, never widened.
+    let search_queries = queries(
+        &[
+            "q=alpha",
+            "q=alpha*",
+            "q=note&limit=1",
+            "q=x%27%20OR%20%271%27%3D%271",
+            "q=owner%3Abob",
+            "q=sc%3Abob",
+            "q=title%3Aalpha",
+            "q=alpha%20OR%20beta",
+            "q=NEAR(alpha%20note)",
+            "q=*",
+            "q=%22",
+            "q=delta%2500",
+            "q=alpha&t=x",
+            "q=alpha&q=beta",
+            "q=alpha&next=x",
+            "",
+        ],
+        [
+            format!("q={}", long("a%20", 70)),
+            format!("q={}", long("a", 5000)),
+        ],
+    );
+    let hit_of =
+        |who: &str, row: &Value| row["id"].as_i64().is_some_and(|i| ids_of(who).contains(&i));
+    s.scoped_like_reader(
+        &reader,
+        &[("ann", &ann), ("bob", &bob)],
+        "find",
+        &search_queries,
+        hit_of,
+    );
+    let hits = s.pages(&ann, "find", "q=alpha").expect("search");
+    let want: Vec<i64> = all
+        .iter()
+        .filter(|d| d.owner == Some("ann") && d.title.starts_with("alpha"))
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids(&hits), want);
+
+    // A cursor is good for the read and the scope it was issued for: not for another
+    // sub, nor for the reader (nor the reader's for ann), nor for other filters. The
+    // same sub with another token of the same grant resumes.
+    let next_of = |token: &str, name: &str, q: &str| -> String {
+        let r = s.get(token, name, q);
+        check(&r, OK, &format!("{name}?{q}"));
+        r.json()["next"].as_str().expect("a next page").to_string()
+    };
+    let invalid = Want::Problem(400, "invalid_cursor");
+    for (name, q) in [
+        ("mine", "limit=3"),
+        ("tally", "limit=1"),
+        ("find", "q=alpha&limit=1"),
+    ] {
+        let cursor = next_of(&ann, name, q);
+        let resume = format!("{q}&next={cursor}");
+        check(
+            &s.get(&bob, name, &resume),
+            invalid,
+            &format!("bob, ann's {name}"),
+        );
+        check(
+            &s.get(&reader, name, &resume),
+            invalid,
+            &format!("reader, ann's {name}"),
+        );
+        check(
+            &s.get(&ann, name, &resume),
+            OK,
+            &format!("ann, ann's {name}"),
+        );
+        let theirs = next_of(&reader, name, q);
+        let resume_reader = format!("{q}&next={theirs}");
+        check(
+            &s.get(&ann, name, &resume_reader),
+            invalid,
+            &format!("ann, reader's {name}"),
+        );
+        if name == "mine" {
+            check(
+                &s.get(&ann, name, &format!("t=alpha&{resume}")),
+                invalid,
+                "other filter",
+            );
+            // The page size is not part of the read: another limit resumes.
+            check(
+                &s.get(&ann, name, &format!("limit=2&next={cursor}")),
+                OK,
+                "another limit",
+            );
+        }
+    }
+    let cursor = next_of(&ann, "mine", "limit=3");
+    check(
+        &s.get(&ann_cli, "mine", &format!("limit=3&next={cursor}")),
+        OK,
+        "ann's CLI token, ann's cursor",
+    );
+
+    // The scope compares text with text: subs that are nearly ann, or SQL, see exactly
+    // the rows whose owner is that very text; nobody scoped sees a row without owner.
+    let mut seen_scoped: Vec<i64> = Vec::new();
+    for sub in ["ann", "bob", "", "ANN", "ann ", "ann' OR '1'='1"] {
+        let t = s.project_token(json!({"sub": sub}));
+        let rows = s.pages(&t, "mine", "").expect("scoped read");
+        assert_eq!(ids(&rows), ids_of(sub), "sub {sub:?}");
+        seen_scoped.extend(ids(&rows));
+    }
+    seen_scoped.sort_unstable();
+    let owned: Vec<i64> = all
+        .iter()
+        .filter(|d| d.owner.is_some())
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(seen_scoped, owned);
+    assert!(owned.len() < all.len());
+
+    // A spec scoped by another claim: a token without it (the CLI mints only sub), or
+    // with one that is not text or a number, is refused; one with it sees its rows.
+    let team_ids = |team: &str| -> Vec<i64> {
+        all.iter()
+            .filter(|d| d.team == team)
+            .map(|d| d.id)
+            .collect()
+    };
+    let team_token = |team: Value| s.project_token(json!({"sub": "ann", "team": team}));
+    for token in [
+        s.w.token("ann", DOCS_GROUP, "project:byteam", 3600),
+        ann.clone(),
+        team_token(json!(true)),
+        team_token(json!(["blue"])),
+        team_token(json!({"name": "blue"})),
+        team_token(Value::Null),
+    ] {
+        let r = s.get(&token, "byteam", "");
+        check(&r, FORBID, "no usable team claim");
+        assert!(
+            r.json()["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("\"team\"")),
+            "{}",
+            r.text()
+        );
+    }
+    let blue = s
+        .pages(&team_token(json!("blue")), "byteam", "limit=4")
+        .expect("blue");
+    assert_eq!(ids(&blue), team_ids("blue"));
+    assert!(blue.iter().all(|r| r["team"] == "blue"));
+    let red = s
+        .pages(&team_token(json!("red")), "byteam", "")
+        .expect("red");
+    assert_eq!(ids(&red), team_ids("red"));
+    for team in [json!(7), json!("blue' OR '1'='1"), json!("")] {
+        let none = s
+            .pages(&team_token(team.clone()), "byteam", "")
+            .expect("team");
+        assert!(none.is_empty(), "team {team}: {none:?}");
+    }
+    assert_eq!(
+        ids(&s.pages(&reader, "byteam", "").expect("reader")),
+        (1..=60).collect::<Vec<_>>()
+    );
+    // A read token's scope claim does not matter: it is not scoped.
+    let reader_blue = s.token(json!({"sub": "x", "team": "blue", "groups": {DOCS_GROUP: "read"}}));
+    assert_eq!(
+        ids(&s.pages(&reader_blue, "byteam", "").expect("reader")).len(),
+        60
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Known server bugs: these tests fail until the witness is fixed (see each one's comment).
+
+/// KNOWN SERVER BUG (fails until fixed): a NUL byte in a search's `q` reaches FTS5,
+/// which ends the quoted string there ("unterminated string"); the SQLite error comes
+/// back as 503 `unavailable` ("the witness cannot store commits right now"), which a
+/// client retries forever. Search text is the client's: it must be searched literally
+/// (200) or refused as 400 `invalid_query` on `q`, for a scoped token as for a reader.
+#[test]
+fn known_bug_a_nul_byte_in_search_text_is_refused_or_searched_not_a_503() {
+    let scratch = Scratch::new("nul");
+    let s = Scoped::start(&scratch);
+    let reader = s.w.token("ann", DOCS_GROUP, "read", 3600);
+    let ann = s.project_token(json!({"sub": "ann"}));
+    for q in ["q=%00", "q=alpha%00", "q=%00alpha%20note", "q=alpha%20%00*"] {
+        for (who, token) in [("reader", &reader), ("ann", &ann)] {
+            let r = s.get(token, "find", q);
+            let ctx = format!("{who} find?{q}: {} {}", r.status, r.text());
+            match r.status {
+                200 => {
+                    let rows = r.json()["rows"].as_array().expect("rows").clone();
+                    assert!(rows.is_empty(), "{ctx}: no title holds a NUL");
+                }
+                400 => {
+                    check(&r, Want::Problem(400, "invalid_query"), &ctx);
+                    assert_eq!(r.json()["parameter"], "q", "{ctx}");
+                }
+                _ => panic!("{ctx}"),
+            }
+        }
+    }
+}
+
+/// KNOWN SERVER BUG (fails until fixed): the rows route takes the scope's claim from
+/// the projection's newest definition (`Projections::scope_claim`, which reads
+/// `definitions::get`), but the rows from the version that serves, which is an older
+/// one while a redefinition builds, and for good when it failed. So after a scoped
+/// projection is redefined, a projection-only token is scoped by the new spec's claim
+/// against the old version's column, or not scoped at all if the new spec has no
+/// scope, and reads other owners' rows. The scope in force must be the serving
+/// version's.
+#[test]
+fn known_bug_a_redefinition_does_not_unscope_the_version_that_still_serves() {
+    let scratch = Scratch::new("rescope");
+    let w = WitnessProc::start(&scratch.0.join("data"));
+    let secret = jwt_secret(&w);
+    let admin = Client::new(&w.url, w.admin.as_deref());
+    let g = "rescoped";
+    let ddl = "CREATE TABLE docs(id INTEGER PRIMARY KEY, owner TEXT, team TEXT, n INTEGER)";
+    // ann's two rows sum past 64 bits: any aggregate summing them fails to build, so
+    // the version before it serves for good (deterministic, unlike a race with a build).
+    let big = i64::MAX;
+    seed(
+        &admin,
+        g,
+        ddl,
+        &format!(
+            "INSERT INTO docs VALUES (1, 'ann', 'bob', {big}), (2, 'ann', 'bob', {big}), \
+             (3, 'bob', 'red', 1), (4, 'bob', 'red', 1)"
+        ),
+    );
+    let put = |spec: Value| put_projection(&admin, g, "view", &spec);
+    let settled = |version: u64| settled(&admin, g, "view", version);
+    let v1 = put(
+        json!({"kind": "index", "table": "docs", "key": {"o": "owner"},
+                        "columns": ["id"], "scope": {"column": "owner", "claim": "sub"}}),
+    );
+    assert_eq!(settled(v1)["state"], "ready");
+    // ann's token also carries a team claim, whose value happens to be bob's sub.
+    let ann = hs256_jwt(
+        &hs256_header(),
+        &json!({"sub": "ann", "team": "bob", "exp": now_s() + 3600,
+                "groups": {g: "project:view"}}),
+        &secret,
+    );
+    let ann_plain = w.token("ann", g, "project:view", 3600);
+    let http = http();
+    // What a token reads: the status, and the ids of the rows of v1 it was shown.
+    let ids = |token: &str| -> (u16, Vec<i64>) {
+        let path = format!("/v1/groups/{g}/projections/view");
+        let r = send(
+            &http,
+            &w.url,
+            &get_req(&path),
+            Some(&Fixture::bearer(token)),
+        );
+        if r.status != 200 {
+            return (r.status, Vec::new());
+        }
+        let body = r.json();
+        assert_eq!(body["version"], v1, "{body}");
+        let mut v: Vec<i64> = body["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| r["id"].as_i64().expect("id"))
+            .collect();
+        v.sort_unstable();
+        (r.status, v)
+    };
+    let hers = (200, vec![1, 2]);
+    assert_eq!(ids(&ann), hers);
+    assert_eq!(ids(&ann_plain), hers);
+
+    // Redefined scoped by team (and failing to build): v1 still serves, so ann still
+    // reads v1 scoped by owner = her sub, with or without a team claim.
+    let v2 = put(
+        json!({"kind": "aggregate", "table": "docs", "group_by": {"o": "owner"},
+               "measures": {"s": "sum(n)"}, "scope": {"column": "team", "claim": "team"}}),
+    );
+    let s = settled(v2);
+    assert_eq!(
+        (&s["state"], &s["serving_version"]),
+        (&json!("failed"), &json!(v1)),
+        "{s}"
+    );
+    let mut seen = vec![
+        ("v2 scoped by team, ann with team=bob", ids(&ann)),
+        ("v2 scoped by team, ann without team", ids(&ann_plain)),
+    ];
+
+    // Redefined without a scope (and failing): v1 still serves, still scoped.
+    let v3 = put(
+        json!({"kind": "aggregate", "table": "docs", "group_by": {"o": "owner"},
+                        "measures": {"s": "sum(n)"}}),
+    );
+    let s = settled(v3);
+    assert_eq!(
+        (&s["state"], &s["serving_version"]),
+        (&json!("failed"), &json!(v1)),
+        "{s}"
+    );
+    seen.push(("v3 unscoped, ann", ids(&ann_plain)));
+    // Today: [3, 4] (bob's rows, through ann's team claim), 403 (a claim v1 does not
+    // use), and [1, 2, 3, 4] (every row of a scoped version).
+    assert!(
+        seen.iter().all(|(_, got)| *got == hers),
+        "ann must read only her rows of v1 while it serves: {seen:?}"
+    );
+}
+
+/// KNOWN SERVER BUG (fails until fixed): a read of a projection that does not exist,
+/// with a `min_seq` the group's projections have not reached, waits out `wait` (10 s
+/// unless given, up to 60) and answers 409 `projection_lagging`, which tells a client
+/// to retry, instead of 404 `not_found` as the same read without `min_seq` answers:
+/// `rows` in server-min/src/http/projections.rs waits for `min_seq` before
+/// `Projections::read` looks the projection up.
+#[test]
+fn known_bug_min_seq_on_a_projection_that_does_not_exist_is_not_found() {
+    let scratch = Scratch::new("lagging");
+    let s = Scoped::start(&scratch);
+    let reader = s.w.token("rita", DOCS_GROUP, "read", 3600);
+    check(&s.get(&reader, "nope", ""), MISSING, "without min_seq");
+    check(
+        &s.get(&reader, "nope", "min_seq=1000&wait=0"),
+        MISSING,
+        "with a min_seq ahead",
     );
 }
