@@ -242,6 +242,8 @@ fn ids_are_cursors_and_a_reconnect_resumes_after_its_last_event_id() {
         (&format!("after={}", w.cursor(2)), None, 3),
         (&format!("after={}", w.cursor(0)), None, 1),
         ("after=3", None, 4),
+        // An empty Last-Event-ID (an EventSource that saw no event yet) is no cursor.
+        ("after=2", Some(String::new()), 3),
     ] {
         let mut s = watch(&c, "g", query, last.as_deref()).stream();
         expect_commit(&mut s, &w, first);

@@ -25,7 +25,7 @@ use super::{
     respond, App, MAX_LIMIT,
 };
 use crate::auth::Role;
-use crate::group::Group;
+use crate::group::{Group, Head};
 use crate::log::{Log, StoredCommit};
 use crate::problem::{Code, Problem};
 use crate::replica::check_ddl;
@@ -90,8 +90,10 @@ pub(super) async fn watch(
     let r = async {
         let claims = authorize(&app, &headers, &g, Role::Read)?;
         let group = find(&app, &g)?;
-        // A reconnecting EventSource resumes from the last id it saw.
-        let from = match headers.get("Last-Event-ID") {
+        // A reconnecting EventSource resumes from the last id it saw; one that saw
+        // none may send the header empty.
+        let from = match headers.get("Last-Event-ID").filter(|v| !v.is_empty()) {
+            // A value that is not text is as malformed as a cursor that does not parse.
             Some(id) => cursor("Last-Event-ID", Some(id.to_str().unwrap_or("?")))?,
             None => cursor("after", q.after.as_deref())?,
         };
@@ -191,7 +193,7 @@ struct Follow {
     app: Arc<App>,
     group: Arc<Group>,
     after: u64,
-    rx: tokio::sync::watch::Receiver<crate::group::Head>,
+    rx: tokio::sync::watch::Receiver<Head>,
     buf: VecDeque<StoredCommit>,
     format: Format,
     deadline: tokio::time::Instant,
@@ -294,6 +296,7 @@ fn rows(tables: &[TableInfo], cs: &[u8]) -> Result<String, String> {
             .ok_or_else(|| format!("no table \"{}\" of that shape", header.name))?;
         let name = json_text(&table.name);
         let columns: Vec<String> = table.columns.iter().map(|c| json_text(&c.name)).collect();
+        let pk = header.pk_columns();
         for change in changes {
             if s.len() > 1 {
                 s.push(',');
@@ -306,7 +309,7 @@ fn rows(tables: &[TableInfo], cs: &[u8]) -> Result<String, String> {
                 Op::Delete => ",\"op\":\"delete\",\"pk\":[",
             });
             let key = change.key_record();
-            for (i, c) in header.pk_columns().into_iter().enumerate() {
+            for (i, &c) in pk.iter().enumerate() {
                 if i > 0 {
                     s.push(',');
                 }
