@@ -132,6 +132,14 @@ class Builder:
             return None
         return p["cursor"], p["counts"], p["keys"]
 
+    def catch_up(self, seq):
+        """Starts it, waits until its file is at `seq`, kills it; the file's state."""
+        self.start()
+        try:
+            return self.wait_for(seq)
+        finally:
+            self.kill()
+
     def wait_for(self, seq, timeout=30):
         deadline = time.monotonic() + timeout
         while True:
@@ -200,9 +208,7 @@ def test_a_cursor_from_another_history_stops_it_with_the_file_as_it_was(
     for _ in range(3):
         device.commit()
     builder = Builder(witness, group, tmp_path / "tags.json")
-    builder.start()
-    builder.wait_for(3)
-    builder.kill()
+    builder.catch_up(3)
     # The same file pointed at another group of the same tables: its seq exists there,
     # its head does not.
     other = "builder-" + uuid.uuid4().hex[:12]
@@ -232,9 +238,7 @@ def test_a_cursor_compacted_away_starts_again_from_the_snapshot(
         for _ in range(2):
             device.commit()
         builder = Builder(w, group, tmp_path / "tags.json")
-        builder.start()
-        builder.wait_for(2)
-        builder.kill()
+        builder.catch_up(2)
         # While it is down the history moves on and is compacted past its cursor.
         for _ in range(16):
             device.commit()
@@ -242,11 +246,7 @@ def test_a_cursor_compacted_away_starts_again_from_the_snapshot(
         while w.request("GET", f"/v1/groups/{group}/commits?after=2")[0] != 410:
             assert time.monotonic() < deadline, "no compaction"
             time.sleep(0.1)
-        builder.start()
-        try:
-            state = builder.wait_for(device.seq)
-        finally:
-            builder.kill()
+        state = builder.catch_up(device.seq)
         assert "compacted" in builder.log.read_text()
         assert state == projection_at(w, group, device.seq, tmp_path)
     finally:
