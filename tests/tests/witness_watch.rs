@@ -6,7 +6,8 @@
 //! one before; a cursor whose head is not this history's at its seq is refused with
 //! `409 cursor_mismatch` naming the witness's head, before anything is streamed; a
 //! cursor older than the history kept is `410 compacted` with the manifest of the
-//! snapshot to start again from; `format=rows` sends each commit's changes as typed
+//! snapshot to start again from, and a stream that falls behind a compaction ends with
+//! that problem as an `error` event instead of skipping the gap; `format=rows` sends each commit's changes as typed
 //! rows (UPDATEs as partial as the changeset), an unknown format is `400`; an idle
 //! stream sends a keep-alive comment.
 
@@ -484,6 +485,48 @@ fn a_cursor_older_than_the_history_kept_is_410_with_the_snapshot_to_restart_from
             .expect("pulled");
         assert_eq!(&first, pulled);
     }
+}
+
+#[test]
+fn a_stream_left_behind_a_compaction_ends_with_a_compacted_error_event() {
+    let (_w, c) = start(
+        "behind",
+        &["--snapshot-commits", "5", "--retain-snapshots", "1"],
+    );
+    let mut w = Writer::new(&c, "g");
+    // Opened at genesis and not read: once the socket's buffers and the page read
+    // ahead are full (a few 500 kB commits), the stream waits at a seq the retention
+    // below compacts away.
+    let mut s = watch(&c, "g", "after=0", None).stream();
+    for i in 1..=30 {
+        w.commit(&format!(
+            "INSERT INTO items VALUES ({i}, 'n{i}', NULL, randomblob(500000), NULL)"
+        ));
+    }
+    let oldest = eventually("commits compacted", || {
+        let r = c.pull("g", 0, 1);
+        (r.status == 410 && r.body["snapshot_seq"].as_u64() >= Some(25))
+            .then(|| r.body["oldest_seq"].as_u64().expect("oldest_seq"))
+    });
+    // What was sent arrives, in order; then, instead of a gap, the error that says
+    // where to start again, and the end of the stream.
+    let mut seq = 0;
+    let error = loop {
+        let ev = next_event(&mut s).expect("an event before the stream ends");
+        if ev.event != "commit" {
+            break ev;
+        }
+        seq += 1;
+        assert_eq!(ev.id, Some(w.cursor(seq)));
+    };
+    assert!(seq < oldest, "sent {seq} commits, compacted to {oldest}");
+    assert_eq!(error.event, "error");
+    let problem = error.json();
+    assert_eq!(problem["code"], "compacted", "{problem}");
+    assert_eq!(problem["oldest_seq"], oldest);
+    let m = Manifest::from_json(&problem["snapshot"]).expect("manifest");
+    assert_eq!(m.head, w.heads[m.seq as usize]);
+    assert!(next_event(&mut s).is_none(), "the stream ends");
 }
 
 #[test]
