@@ -414,35 +414,43 @@ fn format_rows_decodes_each_change_with_typed_values() {
     assert_eq!(expect_commit(&mut s, &w, 2), history[1]);
 }
 
-/// Polls `f` every 100 ms for up to 60 s.
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+/// A witness retaining one snapshot every 5 commits, with group `g` on it.
+fn compacting(name: &str) -> (WitnessProc, Client, Writer) {
+    let (w, c) = start(
+        name,
+        &["--snapshot-commits", "5", "--retain-snapshots", "1"],
+    );
+    let writer = Writer::new(&c, "g");
+    (w, c, writer)
+}
+
+/// Waits (up to 60 s) until the commits of `g` are compacted up to a snapshot at
+/// `snapshot` or later; the oldest head kept.
+fn compacted_to(c: &Client, snapshot: u64) -> u64 {
     let until = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(v) = f() {
-            return v;
+        let r = c.pull("g", 0, 1);
+        if r.status == 410 && r.body["snapshot_seq"].as_u64() >= Some(snapshot) {
+            return r.body["oldest_seq"].as_u64().expect("oldest_seq");
         }
-        assert!(Instant::now() < until, "timed out waiting for {what}");
+        assert!(
+            Instant::now() < until,
+            "not compacted to {snapshot}: {:?}",
+            r.body
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 #[test]
 fn a_cursor_older_than_the_history_kept_is_410_with_the_snapshot_to_restart_from() {
-    let (w_proc, c) = start(
-        "compacted",
-        &["--snapshot-commits", "5", "--retain-snapshots", "1"],
-    );
-    let mut w = Writer::new(&c, "g");
+    let (w_proc, c, mut w) = compacting("compacted");
     for i in 1..=17 {
         w.commit(&format!(
             "INSERT INTO items VALUES ({i}, 'n{i}', {i}.5, NULL, NULL)"
         ));
     }
-    let oldest = eventually("commits compacted", || {
-        let r = c.pull("g", 0, 1);
-        (r.status == 410 && r.body["snapshot_seq"].as_u64() >= Some(15))
-            .then(|| r.body["oldest_seq"].as_u64().expect("oldest_seq"))
-    });
+    let oldest = compacted_to(&c, 15);
     assert!(oldest > 1, "{oldest}");
 
     // Below the oldest head kept, in any form and format: 410 with the manifest.
@@ -489,11 +497,7 @@ fn a_cursor_older_than_the_history_kept_is_410_with_the_snapshot_to_restart_from
 
 #[test]
 fn a_stream_left_behind_a_compaction_ends_with_a_compacted_error_event() {
-    let (_w, c) = start(
-        "behind",
-        &["--snapshot-commits", "5", "--retain-snapshots", "1"],
-    );
-    let mut w = Writer::new(&c, "g");
+    let (_w, c, mut w) = compacting("behind");
     // Opened at genesis and not read: once the socket's buffers and the page read
     // ahead are full (a few 500 kB commits), the stream waits at a seq the retention
     // below compacts away.
@@ -503,11 +507,7 @@ fn a_stream_left_behind_a_compaction_ends_with_a_compacted_error_event() {
             "INSERT INTO items VALUES ({i}, 'n{i}', NULL, randomblob(500000), NULL)"
         ));
     }
-    let oldest = eventually("commits compacted", || {
-        let r = c.pull("g", 0, 1);
-        (r.status == 410 && r.body["snapshot_seq"].as_u64() >= Some(25))
-            .then(|| r.body["oldest_seq"].as_u64().expect("oldest_seq"))
-    });
+    let oldest = compacted_to(&c, 25);
     // What was sent arrives, in order; then, instead of a gap, the error that says
     // where to start again, and the end of the stream.
     let mut seq = 0;
