@@ -215,7 +215,7 @@ impl Link {
         commits.retain(|c| c.cert.seq <= head.seq);
         if after < head.seq && commits.first().map(|c| c.cert.seq) != Some(after + 1) {
             let oldest = group.info.oldest_head();
-            let latest = w.snapshots().latest(&group).ok().flatten().map(|m| m.seq);
+            let latest = w.snapshots().latest(&group).ok().flatten();
             return Err(Problem::new(
                 Code::Compacted,
                 format!(
@@ -224,7 +224,11 @@ impl Link {
                 ),
             )
             .with("oldest_seq", oldest)
-            .with("snapshot_seq", latest));
+            .with("snapshot_seq", latest.as_ref().map(|m| m.seq))
+            .with(
+                "snapshot",
+                latest.map(|m| serde_json::Value::Object(m.to_json())),
+            ));
         }
         Ok(Page {
             head: (head.seq, head.head),

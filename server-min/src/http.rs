@@ -1,15 +1,13 @@
 //! The HTTP API of DESIGN §5 over [`Witness`]: routes, authorisation, request parsing
-//! and JSON, nothing else; `objects` serves object bodies (byte ranges, streaming).
+//! and JSON, nothing else; `objects` serves object bodies (byte ranges, streaming),
+//! `watch` the commit stream.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
@@ -26,6 +24,7 @@ use crate::witness::Witness;
 
 mod objects;
 mod projections;
+mod watch;
 
 /// Everything a request handler needs.
 pub struct App {
@@ -71,7 +70,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/groups/{g}", put(put_group).get(get_group))
         .route(COMMITS, get(get_commits).post(post_commit))
         .route("/v1/groups/{g}/certificates", get(get_certificate))
-        .route("/v1/groups/{g}/watch", get(watch))
+        .route("/v1/groups/{g}/watch", get(watch::watch))
         .route(
             "/v1/groups/{g}/snapshots",
             get(get_snapshot_at).post(post_snapshot),
@@ -209,6 +208,18 @@ async fn get_group(
 
 /// A certificate with the commit's payload and submitter, as pulls return it.
 pub fn commit_json(c: &StoredCommit) -> Value {
+    let mut m = commit_fields(c);
+    m.insert(
+        "changeset".into(),
+        base64::engine::general_purpose::STANDARD
+            .encode(&c.changeset)
+            .into(),
+    );
+    Value::Object(m)
+}
+
+/// A certificate with the commit's submitter: a commit as served, but for its payload.
+fn commit_fields(c: &StoredCommit) -> serde_json::Map<String, Value> {
     let mut m = c.cert.to_json();
     m.insert("client".into(), c.client.clone().into());
     m.insert(
@@ -218,13 +229,7 @@ pub fn commit_json(c: &StoredCommit) -> Value {
             .and_then(|s| serde_json::from_str(s).ok())
             .unwrap_or(Value::Null),
     );
-    m.insert(
-        "changeset".into(),
-        base64::engine::general_purpose::STANDARD
-            .encode(&c.changeset)
-            .into(),
-    );
-    Value::Object(m)
+    m
 }
 
 async fn post_commit(
@@ -402,81 +407,6 @@ async fn get_certificate(
     respond(&app, r)
 }
 
-#[derive(Deserialize)]
-struct WatchQuery {
-    after: Option<String>,
-}
-
-async fn watch(
-    State(app): State<Arc<App>>,
-    Path(g): Path<String>,
-    headers: HeaderMap,
-    Query(q): Query<WatchQuery>,
-) -> Response {
-    let r = (|| {
-        let claims = authorize(&app, &headers, &g, Role::Read)?;
-        let deadline = expiry(&claims);
-        let group = find(&app, &g)?;
-        // A reconnecting EventSource resumes from the last id it saw.
-        let resume = headers
-            .get("Last-Event-ID")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let after = number("after", resume.as_deref().or(q.after.as_deref()), 0)?;
-        let rx = group.info.head.subscribe();
-        let state = (
-            app.clone(),
-            group,
-            after,
-            rx,
-            VecDeque::<StoredCommit>::new(),
-        );
-        let stream = futures_util::stream::unfold(
-            state,
-            move |(app, group, mut after, mut rx, mut buf)| async move {
-                loop {
-                    if let Some(c) = buf.pop_front() {
-                        after = c.cert.seq;
-                        let ev = Event::default()
-                            .event("commit")
-                            .id(c.cert.seq.to_string())
-                            .data(commit_json(&c).to_string());
-                        return Some((Ok::<_, Infallible>(ev), (app, group, after, rx, buf)));
-                    }
-                    if group.head().seq > after {
-                        match read_commits(&app, &group, after, MAX_LIMIT).await {
-                            Ok(c) if !c.is_empty() => {
-                                buf.extend(c);
-                                continue;
-                            }
-                            // The head is published only after the history holds
-                            // it, so this cannot last; do not spin meanwhile.
-                            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                            Err(p) => {
-                                let ev = Event::default()
-                                    .event("error")
-                                    .data(p.to_json().to_string());
-                                return Some((Ok(ev), (app, group, u64::MAX, rx, buf)));
-                            }
-                        }
-                    }
-                    // The stream ends when the token expires; the client reconnects
-                    // with a fresh one (and Last-Event-ID).
-                    let woke =
-                        tokio::time::timeout_at(deadline, rx.wait_for(|h| h.seq > after)).await;
-                    if after == u64::MAX || !matches!(woke, Ok(Ok(_))) {
-                        return None;
-                    }
-                }
-            },
-        );
-        Ok(Sse::new(stream)
-            .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-            .into_response())
-    })();
-    respond(&app, r)
-}
-
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let text = app.witness.metrics().render(
         app.witness.group_count(),
@@ -489,14 +419,14 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 }
 
 /// The `410 compacted` answer for a device whose head is older than the history kept:
-/// it names the oldest head still served and the newest snapshot to start from.
+/// it names the oldest head still served and the newest snapshot to start from, with
+/// its manifest so that a builder outside the witness bootstraps without asking again.
 async fn compacted(app: &Arc<App>, group: &Arc<Group>, after: u64) -> Problem {
     let (w, g) = (app.witness.clone(), group.clone());
     let oldest = group.info.oldest_head();
-    let latest =
-        tokio::task::spawn_blocking(move || w.snapshots().latest(&g).ok().flatten().map(|m| m.seq))
-            .await
-            .unwrap_or(None);
+    let latest = tokio::task::spawn_blocking(move || w.snapshots().latest(&g).ok().flatten())
+        .await
+        .unwrap_or(None);
     Problem::new(
         Code::Compacted,
         format!(
@@ -505,7 +435,8 @@ async fn compacted(app: &Arc<App>, group: &Arc<Group>, after: u64) -> Problem {
         ),
     )
     .with("oldest_seq", oldest)
-    .with("snapshot_seq", latest)
+    .with("snapshot_seq", latest.as_ref().map(|m| m.seq))
+    .with("snapshot", latest.map(|m| Value::Object(m.to_json())))
 }
 
 async fn blocking<T: Send + 'static>(

@@ -57,6 +57,8 @@ COMMANDS = [
     ('curl "localhost:7070/v1/groups/notes/snapshots?at=5" ' + _AUTH, WALKTHROUGH, "snapshot-at"),
     ('curl -o notes-5.db -H "Range: bytes=0-" "localhost:7070/v1/objects/<blake3>" ' + _AUTH,
      WALKTHROUGH, "object"),
+    ('curl -N "localhost:7070/v1/groups/notes/watch?after=<cursor>&format=rows" ' + _AUTH,
+     WALKTHROUGH, "watch-rows"),
     (f"cargo build --release -p {PDB} && cargo run --release -p {BENCH}", QUICK_BENCH, "capture"),
     (f"cargo build --release -p {WITNESS} && cargo run --release -p {BENCH} --bin witness",
      QUICK_BENCH, "witness"),

@@ -192,7 +192,7 @@ def _watch(walk, command):
     events = [e for e in out.stdout.split("\n\n") if e.strip()]
     assert len(events) == 1, out.stdout
     fields = dict(line.split(": ", 1) for line in events[0].splitlines())
-    assert (fields["event"], fields["id"]) == ("commit", "1")
+    assert (fields["event"], fields["id"]) == ("commit", "1:" + walk.certs[1]["head"])
     assert json.loads(fields["data"])["head"] == walk.certs[1]["head"]
 
 
@@ -248,6 +248,22 @@ def _object(walk, command):
             (1, "first")] + [(n, f"row {n}") for n in range(2, 6)]
     finally:
         conn.close()
+
+
+@step("watch-rows")
+def _watch_rows(walk, command):
+    # The cursor of commit 5, as its event's id: the stream goes on with commit 6.
+    walk.values["cursor"] = "5:" + walk.certs[5]["head"]
+    out = walk.shell(f"timeout 2 {walk.real(command)}")
+    assert out.returncode == 124, out.stderr
+    events = [e for e in out.stdout.split("\n\n") if e.strip()]
+    assert len(events) == 1, out.stdout
+    fields = dict(line.split(": ", 1) for line in events[0].splitlines())
+    assert (fields["event"], fields["id"]) == ("commit", "6:" + walk.certs[6]["head"])
+    data = json.loads(fields["data"])
+    assert data.pop("changes") == [{"table": "notes", "op": "insert", "pk": [6], "old": None,
+                                    "new": {"id": 6, "body": "row 6"}}]
+    assert data == dict(walk.certs[6], client=None, meta=None)
 
 
 def test_witness_section_commands(tmp_path, lib_path, witness_path):

@@ -539,7 +539,11 @@ fn long_polls_and_the_watch_stream_see_new_commits() {
             data = Some(serde_json::from_str::<Value>(v.trim()).unwrap());
         }
     }
-    assert_eq!(id.as_deref(), Some("1"));
+    // The id is the cursor `seq:head` that a reconnect sends back.
+    assert_eq!(
+        id.unwrap(),
+        format!("1:{}", committed.body["head"].as_str().unwrap())
+    );
     let event = data.unwrap();
     assert_eq!(Certificate::from_json(&event).unwrap(), cert(&committed));
     assert_eq!(changeset_of(&event), cs);
