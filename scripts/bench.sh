@@ -32,6 +32,11 @@ settings() {
       ratios=('^A 1x16 clients +[0-9]+ ' '^B 64x64 clients +[0-9]+ '
               '^commits per history fsync +[0-9.]+ +[0-9.]+')
       ;;
+    projections)
+      vars=(PDB_BENCH_SECS=1 PDB_BENCH_LAG_SECS=1 PDB_BENCH_ROWS=3000)
+      ratios=('^  ratio with 3 projections / none: [0-9.]+x' '^lag from certificate .* p50 [0-9.]+ ms'
+              '^search backfill of .* ratio [0-9.]+x' '^search read over .* p50 [0-9.]+ ms')
+      ;;
     apply)
       vars=(PDB_APPLY_COMMITS=20 PDB_APPLY_CHANGES=20 PDB_APPLY_REPS=1)
       ratios=('^ratio pdb/session [0-9.]+x')

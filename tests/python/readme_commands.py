@@ -57,6 +57,32 @@ COMMANDS = [
     ('curl "localhost:7070/v1/groups/notes/snapshots?at=5" ' + _AUTH, WALKTHROUGH, "snapshot-at"),
     ('curl -o notes-5.db -H "Range: bytes=0-" "localhost:7070/v1/objects/<blake3>" ' + _AUTH,
      WALKTHROUGH, "object"),
+    ("curl -X PUT localhost:7070/v1/groups/notes/projections/search " + _AUTH
+     + """ -d '{"kind": "search", "table": "notes", "columns": ["body"]}'""",
+     WALKTHROUGH, "projection-search"),
+    ("curl -X PUT localhost:7070/v1/groups/notes/projections/by_initial " + _AUTH
+     + """ -d '{"kind": "index", "table": "notes", "key": {"initial": "upper(substr(body, 1, 1))"},"""
+     + """ "columns": ["id", "body"], "where": "length(body) > 3"}'""",
+     WALKTHROUGH, "projection-index"),
+    ("curl -X PUT localhost:7070/v1/groups/notes/projections/counts " + _AUTH
+     + """ -d '{"kind": "aggregate", "table": "notes", "group_by": {"initial": "upper(substr(body, 1, 1))"},"""
+     + """ "measures": {"n": "count(*)", "longest": "max(length(body))", "ids": "sum(id)"}}'""",
+     WALKTHROUGH, "projection-aggregate"),
+    ("curl localhost:7070/v1/groups/notes/projections/counts/status " + _AUTH,
+     WALKTHROUGH, "projection-status"),
+    ("curl localhost:7070/v1/groups/notes/projections " + _AUTH, WALKTHROUGH, "projection-list"),
+    ('curl "localhost:7070/v1/groups/notes/projections/search?q=row+6" ' + _AUTH,
+     WALKTHROUGH, "projection-read-search"),
+    ('curl "localhost:7070/v1/groups/notes/projections/search?q=fir*" ' + _AUTH,
+     WALKTHROUGH, "projection-read-prefix"),
+    ('curl "localhost:7070/v1/groups/notes/projections/by_initial?initial=R&limit=2" ' + _AUTH,
+     WALKTHROUGH, "projection-read-index"),
+    ('curl "localhost:7070/v1/groups/notes/projections/by_initial?initial=R&limit=2&next=<next>&min_seq=6" '
+     + _AUTH, WALKTHROUGH, "projection-read-next"),
+    ('curl "localhost:7070/v1/groups/notes/projections/counts?initial.gte=A&initial.lt=S" ' + _AUTH,
+     WALKTHROUGH, "projection-read-aggregate"),
+    ("curl -X DELETE localhost:7070/v1/groups/notes/projections/counts " + _AUTH,
+     WALKTHROUGH, "projection-delete"),
     ('curl -N "localhost:7070/v1/groups/notes/watch?after=<cursor>&format=rows" ' + _AUTH,
      WALKTHROUGH, "watch-rows"),
     (f"cargo build --release -p {PDB} && cargo run --release -p {BENCH}", QUICK_BENCH, "capture"),
@@ -68,6 +94,8 @@ COMMANDS = [
      f"cargo run --release -p {BENCH} --bin sync", QUICK_BENCH, "sync"),
     (f"cargo build --release -p {PDB} && cargo build --release -p {WITNESS} && "
      f"cargo run --release -p {BENCH} --bin snapshot", QUICK_BENCH, "snapshot"),
+    (f"cargo build --release -p {WITNESS} && cargo run --release -p {BENCH} --bin projections",
+     QUICK_BENCH, "projections"),
 ]
 
 

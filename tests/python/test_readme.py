@@ -250,6 +250,106 @@ def _object(walk, command):
         conn.close()
 
 
+def ready(walk, name):
+    """Waits until projection `name` is built (it is built in the background)."""
+    deadline = time.monotonic() + 60
+    while True:
+        req = urllib.request.Request(f"{walk.witness.url}/v1/groups/notes/projections/{name}/status",
+                                     headers={"Authorization": "Bearer " + walk.witness.admin})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            state = json.loads(resp.read())["state"]
+        if state == "ready":
+            return
+        assert state == "building" and time.monotonic() < deadline, state
+        time.sleep(0.05)
+
+
+@step("projection-search")
+def _projection_search(walk, command):
+    status, _, body = walk.curl(walk.real(command))
+    assert status == 201, body
+    assert (body["name"], body["kind"], body["state"] in ("building", "ready")) == ("search", "search", True)
+    ready(walk, "search")
+
+
+@step("projection-index")
+def _projection_index(walk, command):
+    status, _, body = walk.curl(walk.real(command))
+    assert status == 201 and body["spec"]["where"] == "length(body) > 3", body
+    ready(walk, "by_initial")
+
+
+@step("projection-aggregate")
+def _projection_aggregate(walk, command):
+    status, _, body = walk.curl(walk.real(command))
+    assert status == 201, body
+    ready(walk, "counts")
+    # The same spec again defines nothing new.
+    status, _, again = walk.curl(walk.real(command))
+    assert status == 200 and again["version"] == body["version"], again
+
+
+@step("projection-status")
+def _projection_status(walk, command):
+    status, _, body = walk.curl(walk.real(command))
+    assert status == 200, body
+    assert (body["state"], body["seq"], body["lag"]) == ("ready", 6, 0), body
+    assert body["head"] == walk.certs[6]["head"]
+
+
+@step("projection-list")
+def _projection_list(walk, command):
+    status, _, body = walk.curl(walk.real(command))
+    assert status == 200, body
+    assert [p["name"] for p in body["projections"]] == ["by_initial", "counts", "search"]
+
+
+@step("projection-read-search")
+def _projection_read_search(walk, command):
+    status, _, body = walk.curl(walk.real(command))
+    assert status == 200 and body["seq"] == 6, body
+    assert [(r["id"], r["body"]) for r in body["rows"]] == [(6, "row 6")]
+    assert body["rows"][0]["snippet"] == "<mark>row</mark> <mark>6</mark>"
+
+
+@step("projection-read-prefix")
+def _projection_read_prefix(walk, command):
+    status, _, body = walk.curl(walk.real(command))
+    assert status == 200 and [r["id"] for r in body["rows"]] == [1], body
+
+
+@step("projection-read-index")
+def _projection_read_index(walk, command):
+    status, _, body = walk.curl(walk.real(command))
+    assert status == 200, body
+    assert body["rows"] == [{"initial": "R", "id": 2, "body": "row 2"},
+                            {"initial": "R", "id": 3, "body": "row 3"}]
+    walk.values["next"] = body["next"]
+
+
+@step("projection-read-next")
+def _projection_read_next(walk, command):
+    status, _, body = walk.curl(walk.real(command))
+    assert status == 200 and body["seq"] >= 6, body
+    assert [r["id"] for r in body["rows"]] == [4, 5] and body["next"], body
+
+
+@step("projection-read-aggregate")
+def _projection_read_aggregate(walk, command):
+    status, _, body = walk.curl(walk.real(command))
+    assert status == 200, body
+    assert body["rows"] == [{"initial": "F", "n": 1, "longest": 5, "ids": 1},
+                            {"initial": "R", "n": 5, "longest": 5, "ids": 20}], body
+
+
+@step("projection-delete")
+def _projection_delete(walk, command):
+    status, _, body = walk.curl(walk.real(command))
+    assert status == 204, body
+    status, _, body = walk.curl(walk.real(command))
+    assert status == 404 and body["code"] == "not_found", body
+
+
 @step("watch-rows")
 def _watch_rows(walk, command):
     # The cursor of commit 5, as its event's id: the stream goes on with commit 6.

@@ -24,7 +24,8 @@
 //!
 //! Run: `cargo build --release -p personaldb-witness && cargo run --release -p
 //! pdb-bench --bin projections`. Environment: `PDB_BENCH_SECS` (throughput window,
-//! default 8), `PDB_BENCH_ROWS` (rows of the backfill group, default 1,000,000),
+//! default 8), `PDB_BENCH_LAG_SECS` (the 1,000 commits/s run, default 5),
+//! `PDB_BENCH_ROWS` (rows of the backfill group, default 1,000,000),
 //! `PDB_BENCH_DIR` (temporary directories, default the system's), `PDB_WITNESS_BIN`.
 
 use std::path::{Path, PathBuf};
@@ -458,6 +459,7 @@ fn main() {
         check_changeset()?;
         let secs: f64 = env_num("PDB_BENCH_SECS", 8.0)?;
         let rows: i64 = env_num("PDB_BENCH_ROWS", 1_000_000)?;
+        let lag_secs: f64 = env_num("PDB_BENCH_LAG_SECS", 5.0)?;
         let dir = std::env::var("PDB_BENCH_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|_| std::env::temp_dir());
@@ -517,7 +519,7 @@ fn main() {
                 w.define("g", name, spec).await?;
                 w.ready("g", name).await?;
             }
-            let (lat, achieved) = lag(&w, "g", &schema, 1000.0, 5.0).await?;
+            let (lat, achieved) = lag(&w, "g", &schema, 1000.0, lag_secs).await?;
             let (p50, p99) = (pct(lat.clone(), 0.5), pct(lat.clone(), 0.99));
             println!(
                 "lag from certificate to visible in a projection read, {achieved:.0} commits/s sent, {} reads: \
