@@ -12,8 +12,7 @@
 //! projection-only grants `project:<name>`: such a token reads that projection's rows
 //! and is refused everything else of its group, without learning which other
 //! projections exist. A scoped projection shows it only the rows whose scope column
-//! equals its claim, whatever filters, limits and cursors it sends. The tests named
-//! `known_bug_*` fail until the witness bugs they describe are fixed.
+//! equals its claim, whatever filters, limits and cursors it sends.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -2511,15 +2510,15 @@ fn a_scoped_projection_shows_a_projection_only_token_its_own_rows_whatever_it_se
 }
 
 // ---------------------------------------------------------------------------------------
-// Known server bugs: these tests fail until the witness is fixed (see each one's comment).
+// Defects this matrix found in the first projection increment, each fixed since.
 
-/// KNOWN SERVER BUG (fails until fixed): a NUL byte in a search's `q` reaches FTS5,
+/// Found by this matrix (fixed): a NUL byte in a search's `q` reaches FTS5,
 /// which ends the quoted string there ("unterminated string"); the SQLite error comes
 /// back as 503 `unavailable` ("the witness cannot store commits right now"), which a
 /// client retries forever. Search text is the client's: it must be searched literally
 /// (200) or refused as 400 `invalid_query` on `q`, for a scoped token as for a reader.
 #[test]
-fn known_bug_a_nul_byte_in_search_text_is_refused_or_searched_not_a_503() {
+fn a_nul_byte_in_search_text_is_refused_or_searched_not_a_503() {
     let scratch = Scratch::new("nul");
     let s = Scoped::start(&scratch);
     let reader = s.w.token("ann", DOCS_GROUP, "read", 3600);
@@ -2543,7 +2542,7 @@ fn known_bug_a_nul_byte_in_search_text_is_refused_or_searched_not_a_503() {
     }
 }
 
-/// KNOWN SERVER BUG (fails until fixed): the rows route takes the scope's claim from
+/// Found by this matrix (fixed): the rows route takes the scope's claim from
 /// the projection's newest definition (`Projections::scope_claim`, which reads
 /// `definitions::get`), but the rows from the version that serves, which is an older
 /// one while a redefinition builds, and for good when it failed. So after a scoped
@@ -2552,7 +2551,7 @@ fn known_bug_a_nul_byte_in_search_text_is_refused_or_searched_not_a_503() {
 /// scope, and reads other owners' rows. The scope in force must be the serving
 /// version's.
 #[test]
-fn known_bug_a_redefinition_does_not_unscope_the_version_that_still_serves() {
+fn a_redefinition_does_not_unscope_the_version_that_still_serves() {
     let scratch = Scratch::new("rescope");
     let w = WitnessProc::start(&scratch.0.join("data"));
     let secret = jwt_secret(&w);
@@ -2651,14 +2650,14 @@ fn known_bug_a_redefinition_does_not_unscope_the_version_that_still_serves() {
     );
 }
 
-/// KNOWN SERVER BUG (fails until fixed): a read of a projection that does not exist,
+/// Found by this matrix (fixed): a read of a projection that does not exist,
 /// with a `min_seq` the group's projections have not reached, waits out `wait` (10 s
 /// unless given, up to 60) and answers 409 `projection_lagging`, which tells a client
 /// to retry, instead of 404 `not_found` as the same read without `min_seq` answers:
 /// `rows` in server-min/src/http/projections.rs waits for `min_seq` before
 /// `Projections::read` looks the projection up.
 #[test]
-fn known_bug_min_seq_on_a_projection_that_does_not_exist_is_not_found() {
+fn min_seq_on_a_projection_that_does_not_exist_is_not_found() {
     let scratch = Scratch::new("lagging");
     let s = Scoped::start(&scratch);
     let reader = s.w.token("rita", DOCS_GROUP, "read", 3600);
