@@ -445,7 +445,7 @@ async fn read_latencies(w: &Witness, g: &str, name: &str, words: &[String]) -> R
                 None,
             )
             .await?;
-        if s != 200 || b["rows"].as_array().is_none_or(|r| r.is_empty()) {
+        if s != 200 || !b["rows"].as_array().is_some_and(|r| !r.is_empty()) {
             return Err(format!("search {q}: {s} {b}").into());
         }
         v.push(t.elapsed().as_secs_f64() * 1e3);
