@@ -33,7 +33,7 @@ settings() {
               '^commits per history fsync +[0-9.]+ +[0-9.]+')
       ;;
     projections)
-      vars=(PDB_BENCH_SECS=1 PDB_BENCH_LAG_SECS=1 PDB_BENCH_ROWS=3000)
+      vars=(PDB_BENCH_SECS=1 PDB_BENCH_LAG_SECS=1 PDB_BENCH_ROWS=3000 PDB_BENCH_ROUNDS=1)
       ratios=('^  ratio with 3 projections / none: [0-9.]+x' '^lag from certificate .* p50 [0-9.]+ ms'
               '^search backfill of .* ratio [0-9.]+x' '^search read over .* p50 [0-9.]+ ms')
       ;;

@@ -1,8 +1,9 @@
 //! What the benchmarks share: machine facts printed with every run, the verdicts, and a
 //! scratch witness (the process itself is `pdb-testkit`'s, shared with the tests).
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::process::exit;
+use std::process::{exit, Command};
 
 use pdb_client::cert::{parse_hash, Hash};
 use pdb_testkit::{fresh_dir, WitnessProc};
@@ -146,4 +147,39 @@ pub fn remove_db(path: &Path) {
         p.push(suffix);
         let _ = std::fs::remove_file(p);
     }
+}
+
+/// Clock ticks per second of `/proc/*/stat` times.
+pub fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// `(comm, utime + stime in ticks)` of a `/proc/.../stat` file.
+pub fn stat_cpu(path: &Path) -> Option<(String, u64)> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let (open, close) = (s.find('(')?, s.rfind(')')?);
+    let comm = s[open + 1..close].to_string();
+    // Fields after the comm start at field 3 (state); utime and stime are 14 and 15.
+    let rest: Vec<&str> = s[close + 1..].split_whitespace().collect();
+    let ticks = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+    Some((comm, ticks))
+}
+
+/// CPU ticks of every thread of `pid`, by thread id, with the thread's name.
+pub fn thread_ticks(pid: u32) -> HashMap<String, (String, u64)> {
+    let mut out = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for e in dir.flatten() {
+            if let Some(v) = stat_cpu(&e.path().join("stat")) {
+                out.insert(e.file_name().to_string_lossy().into_owned(), v);
+            }
+        }
+    }
+    out
 }

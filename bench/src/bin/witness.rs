@@ -44,12 +44,14 @@
 //! system temp directory), `PDB_WITNESS_BIN` (default `<workspace>/target/release/
 //! pdb-witness`).
 
-use pdb_bench::{env_num, fail, loadavg, prebuilt_artifact, print_machine, run, verdict, Res};
+use pdb_bench::{
+    clock_ticks, env_num, fail, loadavg, prebuilt_artifact, print_machine, run, stat_cpu,
+    thread_ticks, verdict, Res,
+};
 use pdb_testkit::WitnessProc;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -193,41 +195,6 @@ impl Template {
 
 // ---------------------------------------------------------------------------------
 // The witness process and /proc
-
-/// Clock ticks per second of `/proc/*/stat` times.
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// `(comm, utime + stime in ticks)` of a `/proc/.../stat` file.
-fn stat_cpu(path: &Path) -> Option<(String, u64)> {
-    let s = std::fs::read_to_string(path).ok()?;
-    let (open, close) = (s.find('(')?, s.rfind(')')?);
-    let comm = s[open + 1..close].to_string();
-    // Fields after the comm start at field 3 (state); utime and stime are 14 and 15.
-    let rest: Vec<&str> = s[close + 1..].split_whitespace().collect();
-    let ticks = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
-    Some((comm, ticks))
-}
-
-/// CPU ticks of every thread of `pid`, by thread id, with the thread's name.
-fn thread_ticks(pid: u32) -> HashMap<String, (String, u64)> {
-    let mut out = HashMap::new();
-    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for e in dir.flatten() {
-            if let Some(v) = stat_cpu(&e.path().join("stat")) {
-                out.insert(e.file_name().to_string_lossy().into_owned(), v);
-            }
-        }
-    }
-    out
-}
 
 /// The witness's thread classes, in print order.
 const CLASS_NAMES: [&str; 4] = [

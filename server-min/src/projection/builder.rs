@@ -43,6 +43,9 @@ const BATCH_BYTES: usize = 8 << 20;
 const CHUNK: i64 = 50_000;
 /// Idle read connections kept per group.
 const READERS: usize = 16;
+/// How long the builder lets new commits gather after a head moves, so that a busy
+/// group's commits are applied many to a transaction rather than one each.
+const LINGER: Duration = Duration::from_millis(4);
 
 /// Where a group's projections are: the last commit the mirror (and every projection
 /// in the file) reflects.
@@ -92,6 +95,8 @@ pub struct Shared {
     /// Backfills under way, by version.
     pub progress: Mutex<HashMap<u64, Progress>>,
     wake: Notify,
+    /// Set when the definitions changed since the builder last read them.
+    defs_changed: AtomicBool,
     stop: AtomicBool,
     readers: Mutex<Vec<(u64, Connection)>>,
 }
@@ -115,6 +120,7 @@ impl Shared {
             cursor,
             progress: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            defs_changed: AtomicBool::new(true),
             stop: AtomicBool::new(false),
             readers: Mutex::new(Vec::new()),
         }
@@ -122,6 +128,7 @@ impl Shared {
 
     /// Tells the builder the definitions changed.
     pub fn wake(&self) {
+        self.defs_changed.store(true, Ordering::Release);
         self.wake.notify_one();
     }
 
@@ -261,9 +268,21 @@ struct Builder {
     shared: Arc<Shared>,
     env: Env,
     mirror: Option<Mirror>,
+    /// The definitions as last read, while they have not changed.
+    defs: Option<Vec<Definition>>,
+}
+
+/// Gives the calling thread the lowest CPU priority: a builder is off the commit path,
+/// and on a busy machine it should lag rather than take cores from the sequencers.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
+        tracing::warn!(error = %e, "projection builder keeps its CPU priority");
+    }
 }
 
 fn run(shared: Arc<Shared>, env: Env) {
+    lower_priority();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -279,6 +298,7 @@ fn run(shared: Arc<Shared>, env: Env) {
         shared: shared.clone(),
         env,
         mirror: None,
+        defs: None,
     };
     let mut failures = 0u32;
     while !shared.stop.load(Ordering::Acquire) {
@@ -317,9 +337,7 @@ fn run(shared: Arc<Shared>, env: Env) {
         rt.block_on(async {
             tokio::select! {
                 changed = head.changed() => {
-                    if changed.is_err() {
-                        tokio::time::sleep(pause).await;
-                    }
+                    tokio::time::sleep(if changed.is_err() { pause } else { LINGER }).await;
                 }
                 _ = shared.wake.notified() => {}
                 _ = tokio::time::sleep(pause) => {}
@@ -357,15 +375,25 @@ fn gid(s: &Shared) -> i64 {
 
 impl Builder {
     fn step(&mut self) -> Result<Step, StepError> {
-        let defs =
-            definitions::list(&self.env.store, gid(&self.shared)).map_err(|e| e.to_string())?;
-        if defs.is_empty() {
-            return Ok(Step::End);
-        }
+        let changed = self.shared.defs_changed.swap(false, Ordering::AcqRel);
         if self.mirror.is_none() {
             self.mirror = Some(self.open_mirror()?);
+            self.defs = None;
         }
-        self.sync(&defs)?;
+        if changed || self.defs.is_none() {
+            let defs = definitions::list(&self.env.store, gid(&self.shared)).map_err(|e| {
+                self.shared.defs_changed.store(true, Ordering::Release);
+                e.to_string()
+            })?;
+            if defs.is_empty() {
+                return Ok(Step::End);
+            }
+            if let Err(e) = self.sync(&defs) {
+                self.shared.defs_changed.store(true, Ordering::Release);
+                return Err(e);
+            }
+            self.defs = Some(defs);
+        }
         self.follow()
     }
 
@@ -439,6 +467,7 @@ impl Builder {
         if let Err(e) = replica.conn().pragma_update(None, "cache_size", -8192) {
             tracing::warn!(error = %e, "projection file: cache_size");
         }
+
         *self
             .shared
             .generation
@@ -722,6 +751,7 @@ impl Builder {
             let gen = self.mirror().gen + 1;
             self.mirror = None;
             self.mirror = Some(self.create_mirror(gen, &[gen - 1])?);
+            self.defs = None;
             return Ok(Step::More);
         }
         replica.begin().map_err(sql_err)?;
