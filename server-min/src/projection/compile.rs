@@ -111,6 +111,22 @@ impl Ctx<'_> {
         }
     }
 
+    /// The backfill of one output row per source row into `into`: in a rowid range
+    /// (`?1 < rowid <= ?2`), and over the whole table.
+    fn copy_rows(&self, into: &str, targets: &[String], values: &[String]) -> (String, String) {
+        let head = format!(
+            "INSERT INTO {into} ({}) SELECT {} FROM main.{} WHERE",
+            list(targets.iter().cloned()),
+            list(values.iter().cloned()),
+            self.table
+        );
+        let cond = self.cond("");
+        (
+            format!("{head} rowid > ?1 AND rowid <= ?2 AND {cond}"),
+            format!("{head} {cond}"),
+        )
+    }
+
     fn trigger(&self, name: &str, event: &str, body: &[String]) -> String {
         format!(
             "CREATE TRIGGER {name} AFTER {event} ON main.{} BEGIN {}; END",
@@ -210,20 +226,7 @@ fn index(cx: &Ctx, p: &str, key: &[Field], columns: &[usize]) -> Compiled {
             same(s.iter().cloned().zip(cx.pk(row)))
         )
     };
-    let backfill = format!(
-        "INSERT INTO {p} ({}) SELECT {} FROM main.{} WHERE rowid > ?1 AND rowid <= ?2 AND {}",
-        list(targets.clone()),
-        list(values("")),
-        cx.table,
-        cx.cond("")
-    );
-    let whole = format!(
-        "INSERT INTO {p} ({}) SELECT {} FROM main.{} WHERE {}",
-        list(targets.clone()),
-        list(values("")),
-        cx.table,
-        cx.cond("")
-    );
+    let (backfill, whole) = cx.copy_rows(p, &targets, &values(""));
     finish(
         cx,
         p,
@@ -565,20 +568,7 @@ fn search(cx: &Ctx, p: &str, columns: &[usize], tokenizer: &str) -> Compiled {
         ),
         format!("DELETE FROM {d} WHERE {}", this_doc("OLD.")),
     ];
-    let chunk = format!(
-        "INSERT INTO {d} ({}) SELECT {} FROM main.{} WHERE rowid > ?1 AND rowid <= ?2 AND {}",
-        list(targets.clone()),
-        list(values("")),
-        cx.table,
-        cx.cond("")
-    );
-    let whole = format!(
-        "INSERT INTO {d} ({}) SELECT {} FROM main.{} WHERE {}",
-        list(targets.clone()),
-        list(values("")),
-        cx.table,
-        cx.cond("")
-    );
+    let (chunk, whole) = cx.copy_rows(&d, &targets, &values(""));
     let mut c = finish(
         cx,
         p,

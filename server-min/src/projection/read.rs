@@ -232,6 +232,27 @@ fn filters(
     Ok(out)
 }
 
+/// Adds the read's filters on `fields` (stored as `<table>k<i>`) to the conditions,
+/// their values bound as parameters.
+fn filter_on(
+    params: &Params,
+    fields: &[super::spec::Field],
+    table: &str,
+    args: &mut Vec<Value>,
+    conds: &mut Vec<String>,
+) -> Result<(), Problem> {
+    let named: Vec<(String, Kind, String)> = fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.name.clone(), f.kind, format!("{table}k{i}")))
+        .collect();
+    for (col, op, v) in filters(params, &named)? {
+        args.push(v);
+        conds.push(format!("{col} {} ?{}", op.sql(), args.len()));
+    }
+    Ok(())
+}
+
 /// A next-page cursor: the version it is for and where the page ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Position {
@@ -519,18 +540,8 @@ fn rows(
     let mut search = false;
     match &plan.body {
         PlanBody::Index { key, columns } => {
-            let fields: Vec<(String, Kind, String)> = key
-                .iter()
-                .enumerate()
-                .map(|(i, f)| (f.name.clone(), f.kind, format!("k{i}")))
-                .collect();
-            let fs = match filters(params, &fields) {
-                Ok(f) => f,
-                Err(e) => return Ok(Err(e)),
-            };
-            for (col, op, v) in fs {
-                args.push(v);
-                conds.push(format!("{col} {} ?{}", op.sql(), args.len()));
+            if let Err(e) = filter_on(params, key, "", &mut args, &mut conds) {
+                return Ok(Err(e));
             }
             for (i, f) in key.iter().enumerate() {
                 out.push((f.name.clone(), format!("k{i}")));
@@ -544,18 +555,8 @@ fn rows(
             from = p.clone();
         }
         PlanBody::Aggregate { group_by, measures } => {
-            let fields: Vec<(String, Kind, String)> = group_by
-                .iter()
-                .enumerate()
-                .map(|(i, f)| (f.name.clone(), f.kind, format!("a.k{i}")))
-                .collect();
-            let fs = match filters(params, &fields) {
-                Ok(f) => f,
-                Err(e) => return Ok(Err(e)),
-            };
-            for (col, op, v) in fs {
-                args.push(v);
-                conds.push(format!("{col} {} ?{}", op.sql(), args.len()));
+            if let Err(e) = filter_on(params, group_by, "a.", &mut args, &mut conds) {
+                return Ok(Err(e));
             }
             let mut keycols: Vec<String> = (0..group_by.len()).map(|i| format!("k{i}")).collect();
             for (i, f) in group_by.iter().enumerate() {
