@@ -302,7 +302,11 @@ fn run(shared: Arc<Shared>, env: Env) {
     };
     let mut failures = 0u32;
     while !shared.stop.load(Ordering::Acquire) {
-        let pause = match b.step() {
+        // A bug that panics in a step must not end the builder, and with it every
+        // projection of the group, unseen: it counts as a failed step.
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.step()))
+            .unwrap_or_else(|_| Err("the builder panicked (a bug); retrying".to_string()));
+        let pause = match step {
             Ok(Step::More) => continue,
             Ok(Step::Idle) => {
                 failures = 0;
