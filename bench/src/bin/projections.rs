@@ -587,6 +587,19 @@ fn main() {
                 verdict(ratio <= 1.5)
             );
             println!("  the group's first projection, which also copies and checks the mirror: {first:.2} s");
+            let mb = |p: &Path| {
+                ["", "-wal"].iter().map(|x| std::fs::metadata(format!("{}{x}", p.display())).map_or(0, |m| m.len())).sum::<u64>() as f64 / 1e6
+            };
+            let replica = mb(&w.proc.data.join("groups").join("big.db"));
+            let files: Vec<PathBuf> = std::fs::read_dir(w.proc.data.join("projections").join("big"))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "db"))
+                .collect();
+            let projection_file: f64 = files.iter().map(|p| mb(p)).sum();
+            println!(
+                "  disk: the group's replica {replica:.0} MB; its projection file (a mirror of the \
+                 replica and two search projections) {projection_file:.0} MB"
+            );
             let shared: Vec<String> = (0..200).map(|i| format!("tag{}", i * 7 % 1000)).collect();
             let unique: Vec<String> = (0..200).map(|i| format!("n{}", 1 + i * 4999 % rows)).collect();
             let a = read_latencies(&w, "big", "second", &shared).await?;
