@@ -141,16 +141,9 @@ impl Witness {
                 .map_err(StartError::Group)?;
             witness.register(g);
         }
-        let all: Vec<Arc<Group>> = witness
-            .groups
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
         witness
             .projections
-            .start(&all)
+            .start(&witness.all_groups())
             .map_err(|p| StartError::Group(format!("projections: {p}")))?;
         Ok(witness)
     }
@@ -207,16 +200,18 @@ impl Witness {
             .cloned()
     }
 
-    /// Commits every replica's open transaction (at a graceful exit).
-    pub fn flush(&self) {
-        let groups: Vec<Arc<Group>> = self
-            .groups
+    fn all_groups(&self) -> Vec<Arc<Group>> {
+        self.groups
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
-            .collect();
-        for g in groups {
+            .collect()
+    }
+
+    /// Commits every replica's open transaction (at a graceful exit).
+    pub fn flush(&self) {
+        for g in self.all_groups() {
             g.flush();
         }
     }

@@ -127,6 +127,21 @@ impl Ctx<'_> {
         )
     }
 
+    /// A version's three triggers on the source table (the update one removes the old
+    /// row's entries, then adds the new one's) and their names.
+    fn triggers(&self, p: &str, add: &[String], remove: &[String]) -> (Vec<String>, Vec<String>) {
+        let (ai, ad, au) = (format!("{p}_ai"), format!("{p}_ad"), format!("{p}_au"));
+        let update: Vec<String> = remove.iter().chain(add).cloned().collect();
+        (
+            vec![
+                self.trigger(&ai, "INSERT", add),
+                self.trigger(&ad, "DELETE", remove),
+                self.trigger(&au, "UPDATE", &update),
+            ],
+            vec![ai, ad, au],
+        )
+    }
+
     fn trigger(&self, name: &str, event: &str, body: &[String]) -> String {
         format!(
             "CREATE TRIGGER {name} AFTER {event} ON main.{} BEGIN {}; END",
@@ -249,17 +264,12 @@ fn finish<const A: usize, const D: usize>(
     remove: [String; D],
     (chunk, whole): (String, String),
 ) -> Compiled {
-    let (ai, ad, au) = (format!("{p}_ai"), format!("{p}_ad"), format!("{p}_au"));
-    let update: Vec<String> = remove.iter().chain(&add).cloned().collect();
+    let (triggers, trigger_names) = cx.triggers(p, &add, &remove);
     Compiled {
         prefix: p.to_string(),
         create,
-        triggers: vec![
-            cx.trigger(&ai, "INSERT", &add),
-            cx.trigger(&ad, "DELETE", &remove),
-            cx.trigger(&au, "UPDATE", &update),
-        ],
-        trigger_names: vec![ai, ad, au],
+        triggers,
+        trigger_names,
         tables,
         backfill: vec![chunk],
         whole: Some(whole),
@@ -471,17 +481,12 @@ fn aggregate(cx: &Ctx, p: &str, group_by: &[Field], measures: &[Measure]) -> Com
             group_clause(&[format!("{x} COLLATE BINARY"), format!("typeof({x})")])
         ));
     }
-    let (ai, ad, au) = (format!("{p}_ai"), format!("{p}_ad"), format!("{p}_au"));
-    let update: Vec<String> = remove.iter().chain(&add).cloned().collect();
+    let (triggers, trigger_names) = cx.triggers(p, &add, &remove);
     Compiled {
         prefix: p.to_string(),
         create,
-        triggers: vec![
-            cx.trigger(&ai, "INSERT", &add),
-            cx.trigger(&ad, "DELETE", &remove),
-            cx.trigger(&au, "UPDATE", &update),
-        ],
-        trigger_names: vec![ai, ad, au],
+        triggers,
+        trigger_names,
         tables,
         backfill: fill,
         whole: None,
