@@ -299,7 +299,11 @@ fn certificate_of(remote: &dyn Witness, cfg: &Config, m: &Manifest) -> Result<Ce
 
 /// The tables of the attached image, checked: only tables and their indexes, each one
 /// trackable, with the manifest's schema hash.
-fn image_tables<D: Db>(db: &D, m: &Manifest) -> Result<Vec<(TableInfo, Vec<String>)>, Error> {
+/// One entry of the image's schema to run on the device: its kind, its name and its
+/// SQL text.
+type Entry = (String, String, String);
+
+fn image_tables<D: Db>(db: &D, m: &Manifest) -> Result<Vec<(TableInfo, Vec<Entry>)>, Error> {
     let mut objects: Vec<(String, String, String, String)> = Vec::new();
     // SQLite writes every field of its schema table as text; anything else was
     // written by hand, and a lossy reading could make the check and the install see
@@ -343,13 +347,13 @@ fn image_tables<D: Db>(db: &D, m: &Manifest) -> Result<Vec<(TableInfo, Vec<Strin
             "the image's schema is not one SQLite wrote: {why}; nothing installed"
         )));
     }
-    let mut tables: Vec<(TableInfo, Vec<String>)> = Vec::new();
+    let mut tables: Vec<(TableInfo, Vec<Entry>)> = Vec::new();
     for (kind, name, _, sql) in &objects {
         match kind.as_str() {
             "table" => {
                 let info = crate::schema::table_info_in(db, SNAPSHOT_SCHEMA, name)
                     .map_err(|e| refused(format!("the image's table \"{name}\": {e}")))?;
-                tables.push((info, vec![sql.clone()]));
+                tables.push((info, vec![(kind.clone(), name.clone(), sql.clone())]));
             }
             "index" => {}
             other => {
@@ -359,10 +363,10 @@ fn image_tables<D: Db>(db: &D, m: &Manifest) -> Result<Vec<(TableInfo, Vec<Strin
             }
         }
     }
-    for (kind, _, table, sql) in &objects {
+    for (kind, name, table, sql) in &objects {
         if kind == "index" && !sql.is_empty() {
             if let Some(t) = tables.iter_mut().find(|(t, _)| &t.name == table) {
-                t.1.push(sql.clone());
+                t.1.push((kind.clone(), name.clone(), sql.clone()));
             }
         }
     }
@@ -376,6 +380,30 @@ fn image_tables<D: Db>(db: &D, m: &Manifest) -> Result<Vec<(TableInfo, Vec<Strin
         )));
     }
     Ok(tables)
+}
+
+/// Runs one entry of the image's schema for `table`, refusing text that makes something
+/// other than the entry names: the name and table columns of `sqlite_schema` and its
+/// SQL text are separate fields of the file, and only the text is run.
+fn run_entry<D: Db>(db: &D, table: &str, (kind, name, sql): &Entry) -> Result<(), Error> {
+    db.execute(sql, &[])?;
+    let made = db
+        .query_value(
+            "SELECT 1 FROM main.sqlite_schema WHERE type = ?1 AND name = ?2 AND tbl_name = ?3",
+            &[
+                ValueRef::Text(kind.as_bytes()),
+                ValueRef::Text(name.as_bytes()),
+                ValueRef::Text(table.as_bytes()),
+            ],
+        )?
+        .is_some();
+    if made {
+        Ok(())
+    } else {
+        Err(refused(format!(
+            "the SQL of the image's {kind} \"{name}\" of table \"{table}\" makes something else; nothing installed"
+        )))
+    }
 }
 
 /// Whether a table exists in the main database.
@@ -459,10 +487,10 @@ fn install_attached_in<D: Db>(
             capture::ensure_schema(db)?;
             for (info, ddl) in &tables {
                 if !exists(db, &info.name)? {
-                    for sql in ddl {
+                    for entry in ddl {
                         // One statement: SQLite reads only the first of an entry's text,
                         // so a second one there is no part of the image's schema.
-                        db.execute(sql, &[])?;
+                        run_entry(db, &info.name, entry)?;
                     }
                 }
                 capture::track(db, &info.name)?;
@@ -781,29 +809,31 @@ mod tests {
         );
     }
 
-    /// `ddl-tail` (fixed in 4eb993c): a table whose stored DDL reads `CREATE TABLE
-    /// a(...); CREATE TABLE zz(x)`. SQLite reads only an entry's first statement, so the
-    /// tail is no part of the image's schema and no check sees it; the install ran the
-    /// whole text and created `zz` on the device. It now runs one statement per entry.
-    #[test]
-    fn an_entry_s_ddl_tail_does_not_run_on_the_device() {
+    /// Plants an image (built by `plant` in the attached schema, then bent with
+    /// `writable_schema` by `bend`), signs it honestly as the witness would from its own
+    /// reading of table `table`, installs it, and returns the result with those of
+    /// `names` that the main schema holds afterwards (compared without case).
+    fn install_bent(
+        plant: &str,
+        bend: &str,
+        table: &str,
+        names: &[&str],
+    ) -> (Result<usize, Error>, Vec<String>) {
         let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
         let db = Connection::open_in_memory().unwrap();
         let pin = hex(&key.verifying_key().to_bytes());
         config::open(&db, "http://127.0.0.1:9", "g", "token", &pin).unwrap();
         let cfg = config::load(&db).unwrap();
+        let s = SNAPSHOT_SCHEMA;
         db.execute_batch(&format!(
-            "ATTACH ':memory:' AS {s}; CREATE TABLE {s}.a(id INTEGER PRIMARY KEY, v); \
-             INSERT INTO {s}.a VALUES (1, 'x'); PRAGMA writable_schema = ON; \
-             UPDATE {s}.sqlite_schema SET sql = 'CREATE TABLE a(id INTEGER PRIMARY KEY, v); \
-             CREATE TABLE zz(x)' WHERE name = 'a'; PRAGMA writable_schema = OFF;",
-            s = SNAPSHOT_SCHEMA
+            "ATTACH ':memory:' AS {s}; {plant}; PRAGMA writable_schema = ON; {bend}; \
+             PRAGMA writable_schema = OFF;",
+            plant = plant.replace("{s}", s),
+            bend = bend.replace("{s}", s),
         ))
         .unwrap();
-        let infos = vec![crate::schema::table_info_in(&db, SNAPSHOT_SCHEMA, "a").unwrap()];
-        let state = crate::history::state_in(&db, SNAPSHOT_SCHEMA, &infos)
-            .unwrap()
-            .digest();
+        let infos = vec![crate::schema::table_info_in(&db, s, table).unwrap()];
+        let state = crate::history::state_in(&db, s, &infos).unwrap().digest();
         let head = crate::cert::next_head(&crate::cert::genesis("g"), 1, &[1; 32]);
         let m = Manifest {
             head,
@@ -811,32 +841,62 @@ mod tests {
             schema_hash: schema_hash(&infos),
             ..manifest()
         };
-        let cert = Certificate::sign(
-            &key,
-            "g",
-            1,
-            crate::cert::genesis("g"),
-            head,
-            state,
-            [1; 32],
-            "k",
-            0,
+        let genesis = crate::cert::genesis("g");
+        let cert = Certificate::sign(&key, "g", 1, genesis, head, state, [1; 32], "k", 0);
+        let installed = install_attached(&db, &cfg, &m, &cert, "");
+        let mut found = Vec::new();
+        for name in names {
+            let sql = "SELECT name FROM main.sqlite_schema WHERE name = ?1 COLLATE NOCASE";
+            let mut rows = db.prepare(sql).unwrap();
+            let hits = rows.query_map([name], |r| r.get::<_, String>(0)).unwrap();
+            found.extend(hits.map(Result::unwrap));
+        }
+        assert_eq!(config::head(&db, "g").unwrap().0, 0, "nothing installed");
+        (installed, found)
+    }
+
+    /// `ddl-tail` (fixed in 4eb993c): a table whose stored DDL reads `CREATE TABLE
+    /// a(...); CREATE TABLE zz(x)`. SQLite reads only an entry's first statement, so the
+    /// tail is no part of the image's schema and no check sees it; the install ran the
+    /// whole text and created `zz` on the device. It now runs one statement per entry.
+    #[test]
+    fn an_entry_s_ddl_tail_does_not_run_on_the_device() {
+        let (installed, names) = install_bent(
+            "CREATE TABLE {s}.a(id INTEGER PRIMARY KEY, v); INSERT INTO {s}.a VALUES (1, 'x')",
+            "UPDATE {s}.sqlite_schema SET sql = 'CREATE TABLE a(id INTEGER PRIMARY KEY, v); \
+             CREATE TABLE zz(x)' WHERE name = 'a'",
+            "a",
+            &["a", "zz"],
         );
         // The entry is run as one prepared statement. rusqlite's `Db` refuses a text
         // with a tail outright, so here the install fails as a whole; the extension's
         // prepares the first statement and ignores the tail. Either way `zz` never runs.
-        match install_attached(&db, &cfg, &m, &cert, "") {
+        match installed {
             Err(Error::Db(e)) => assert_eq!(e.message, "Multiple statements provided"),
             other => panic!("{other:?}"),
         }
-        let names: Vec<String> = db
-            .prepare("SELECT name FROM main.sqlite_schema WHERE name IN ('a', 'zz')")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
         assert!(names.is_empty(), "{names:?}");
-        assert_eq!(config::head(&db, "g").unwrap().0, 0, "nothing installed");
+    }
+
+    /// `index-name-differs` (found by CI's short fuzz run): an index entry named
+    /// `notes_bodx` whose SQL text creates `NOTES_BODX`. SQLite loads it (names match
+    /// without case); the checks read the entry's name, the install ran its text, so
+    /// the device got an index the image does not list. The install now checks that
+    /// each entry's text makes exactly what the entry names.
+    #[test]
+    fn an_index_entry_whose_text_makes_another_index_is_refused() {
+        let (installed, names) = install_bent(
+            "CREATE TABLE {s}.notes(id INTEGER PRIMARY KEY, body); \
+             CREATE INDEX {s}.notes_bodx ON notes(body); INSERT INTO {s}.notes VALUES (1, 'x')",
+            "UPDATE {s}.sqlite_schema SET sql = 'CREATE INDEX NOTES_BODX ON notes(body)' \
+             WHERE name = 'notes_bodx'",
+            "notes",
+            &["notes", "notes_bodx"],
+        );
+        match installed {
+            Err(Error::Snapshot(why)) => assert!(why.contains("\"notes_bodx\""), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(names.is_empty(), "{names:?}");
     }
 }
